@@ -1,0 +1,15 @@
+"""A transformer, and a routed decoder, built from raw tensors.
+
+Read it the way data flows: tokens -> Embed (+ positions) -> layers -> final norm -> Unembed.
+"""
+
+from transformer import typecheck as _typecheck
+
+if _typecheck.requested():
+    # Workers spawned by torchrun/mp.spawn do not inherit pytest's import hook; install it
+    # here, before any checked module below is imported (see transformer/typecheck.py).
+    from jaxtyping import install_import_hook
+
+    install_import_hook("transformer", _typecheck.CHECKER)
+
+__version__ = "0.1.0"

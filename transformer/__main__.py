@@ -1,0 +1,7 @@
+"""`python -m transformer ...` is the same as the `transformer` console script (torchrun uses it)."""
+
+import sys
+
+from transformer.cli import main
+
+sys.exit(main())

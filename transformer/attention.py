@@ -1,0 +1,127 @@
+"""Causal multi-head self-attention: the only block that moves information between positions.
+
+Each head reads the residual stream at every position through W_Q, W_K and W_V, scores each
+query against every earlier key (the causal mask hides later ones), turns the scores into a
+probability pattern with a softmax, and writes the pattern-weighted values back through W_O.
+
+Two paths compute the same function, chosen by `ModelConfig.attention`:
+- "readable": explicit scores, mask, float32 softmax and weighted sum, to read and to probe;
+- "fast": `torch.nn.functional.scaled_dot_product_attention`, PyTorch's fused kernel.
+tests/test_attention.py proves the two agree.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+from transformer.alibi import ALiBi
+from transformer.config import ModelConfig
+from transformer.rotary import Rotary
+
+# Shapes inside attention: batch, n_heads, pos (queries q, keys k), d_head.
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        n_heads, d_model, d_head = cfg.n_heads, cfg.d_model, cfg.head_dim
+        self.W_Q = nn.Parameter(torch.randn(n_heads, d_model, d_head) * cfg.init_std)
+        self.W_K = nn.Parameter(torch.randn(n_heads, d_model, d_head) * cfg.init_std)
+        self.W_V = nn.Parameter(torch.randn(n_heads, d_model, d_head) * cfg.init_std)
+        self.W_O = nn.Parameter(torch.randn(n_heads, d_head, d_model) * cfg.residual_out_std)
+        self.b_Q = nn.Parameter(torch.zeros(n_heads, d_head)) if cfg.bias else None
+        self.b_K = nn.Parameter(torch.zeros(n_heads, d_head)) if cfg.bias else None
+        self.b_V = nn.Parameter(torch.zeros(n_heads, d_head)) if cfg.bias else None
+        self.b_O = nn.Parameter(torch.zeros(d_model)) if cfg.bias else None
+        self.rotary = (
+            Rotary(cfg.rotary_dim, cfg.n_ctx, cfg.rope_base) if cfg.positional == "rotary" else None
+        )
+        self.alibi = ALiBi(n_heads) if cfg.positional == "alibi" else None
+        self.fast = cfg.attention == "fast"
+        self.scale = 1.0 / math.sqrt(d_head)
+
+    def forward(
+        self,
+        x: Float[Tensor, "batch pos d_model"],
+        key_padding_mask: Bool[Tensor, "batch pos"] | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """`key_padding_mask`: True where a key may be attended to (False marks padding)."""
+        q = self._project(x, self.W_Q, self.b_Q)
+        k = self._project(x, self.W_K, self.b_K)
+        v = self._project(x, self.W_V, self.b_V)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        allowed = self._allowed(x.shape[1], key_padding_mask, x.device)
+        bias = self.alibi(x.shape[1], x.shape[1]) if self.alibi is not None else None
+        if self.fast:
+            z = self._fast_mix(q, k, v, allowed, bias)
+        else:
+            z = self._readable_mix(q, k, v, allowed, bias)
+        out = torch.einsum("bhpe,hed->bpd", z, self.W_O)
+        return out + self.b_O if self.b_O is not None else out
+
+    @staticmethod
+    def _project(
+        x: Float[Tensor, "batch pos d_model"],
+        W: Float[Tensor, "n_heads d_model d_head"],
+        b: Float[Tensor, "n_heads d_head"] | None,
+    ) -> Float[Tensor, "batch n_heads pos d_head"]:
+        out = torch.einsum("bpd,hde->bhpe", x, W)
+        return out + b[:, None, :] if b is not None else out
+
+    @staticmethod
+    def _allowed(
+        pos: int, key_padding_mask: Bool[Tensor, "batch pos"] | None, device: torch.device
+    ) -> Bool[Tensor, "#batch 1 q k"]:
+        causal = torch.ones(pos, pos, dtype=torch.bool, device=device).tril()
+        if key_padding_mask is None:
+            return causal[None, None]
+        return causal[None, None] & key_padding_mask[:, None, None, :]
+
+    def pattern(
+        self,
+        q: Float[Tensor, "batch n_heads q d_head"],
+        k: Float[Tensor, "batch n_heads k d_head"],
+        allowed: Bool[Tensor, "#batch 1 q k"],
+        bias: Float[Tensor, "n_heads q k"] | None,
+    ) -> Float[Tensor, "batch n_heads q k"]:
+        """Attention probabilities, in float32 whatever the parameters' dtype. A query with no
+        key allowed (possible with padding) gets an all-zero row, never NaN."""
+        scores = (q.float() @ k.float().transpose(-1, -2)) * self.scale
+        if bias is not None:
+            scores = scores + bias
+        # A finite fill (not -inf) keeps fully masked rows finite in the forward *and* backward
+        # pass; such rows are zeroed below.
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        probabilities = scores.softmax(dim=-1)
+        return probabilities * allowed.any(dim=-1, keepdim=True)
+
+    def _readable_mix(
+        self,
+        q: Float[Tensor, "batch n_heads q d_head"],
+        k: Float[Tensor, "batch n_heads k d_head"],
+        v: Float[Tensor, "batch n_heads k d_head"],
+        allowed: Bool[Tensor, "#batch 1 q k"],
+        bias: Float[Tensor, "n_heads q k"] | None,
+    ) -> Float[Tensor, "batch n_heads q d_head"]:
+        return self.pattern(q, k, allowed, bias).to(v.dtype) @ v
+
+    def _fast_mix(
+        self,
+        q: Float[Tensor, "batch n_heads q d_head"],
+        k: Float[Tensor, "batch n_heads k d_head"],
+        v: Float[Tensor, "batch n_heads k d_head"],
+        allowed: Bool[Tensor, "#batch 1 q k"],
+        bias: Float[Tensor, "n_heads q k"] | None,
+    ) -> Float[Tensor, "batch n_heads q d_head"]:
+        if bias is None and allowed.shape[0] == 1:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(q.dtype).min)
+        if bias is not None:
+            mask = mask + bias.to(q.dtype)
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        return z * allowed.any(dim=-1, keepdim=True).to(z.dtype)

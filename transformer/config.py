@@ -1,0 +1,117 @@
+"""`ModelConfig`: every size and choice of a decoder, checked before any tensor is made.
+
+A wrong config should fail here, with the field's name and the fix, not three modules later
+inside an einsum with a shape error.
+"""
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+POSITIONAL_CHOICES = ("learned", "sinusoidal", "rotary", "alibi", "none")
+NORM_CHOICES = ("layernorm", "rmsnorm")
+MLP_CHOICES = ("gelu", "swiglu")
+ATTENTION_CHOICES = ("readable", "fast")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_vocab: int = 256
+    d_model: int = 128
+    n_heads: int = 4
+    n_layers: int = 4
+    n_ctx: int = 256
+    d_head: int | None = None  # None: d_model // n_heads
+    d_mlp: int | None = None  # None: 4 * d_model
+    positional: str = "learned"
+    rotate_dim: int | None = None  # rotary only; None: all of d_head
+    rope_base: float = 10_000.0
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"
+    attn_only: bool = False
+    attention: str = "fast"
+    bias: bool = True
+    tie_embeddings: bool = False
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("d_vocab", "d_model", "n_heads", "n_layers", "n_ctx"):
+            _require_positive(name, getattr(self, name))
+        for name in ("d_head", "d_mlp", "rotate_dim"):
+            value = getattr(self, name)
+            if value is not None:
+                _require_positive(name, value)
+        if self.d_head is None and self.d_model % self.n_heads != 0:
+            raise ConfigError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: choose "
+                f"d_model a multiple of n_heads (e.g. {self.n_heads * max(1, self.d_model // self.n_heads)}), "
+                "or set d_head explicitly"
+            )
+        _require_choice("positional", self.positional, POSITIONAL_CHOICES)
+        _require_choice("norm", self.norm, NORM_CHOICES)
+        _require_choice("mlp", self.mlp, MLP_CHOICES)
+        _require_choice("attention", self.attention, ATTENTION_CHOICES)
+        if self.rotate_dim is not None:
+            if self.positional != "rotary":
+                raise ConfigError(
+                    f"rotate_dim={self.rotate_dim} only applies to positional='rotary' "
+                    f"(got positional={self.positional!r}): remove rotate_dim or use rotary"
+                )
+            if self.rotate_dim % 2 or self.rotate_dim > self.head_dim:
+                raise ConfigError(
+                    f"rotate_dim={self.rotate_dim} must be even and at most d_head={self.head_dim}: "
+                    f"rotary turns pairs of dimensions, e.g. rotate_dim={self.head_dim}"
+                )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout} must be in [0, 1): e.g. 0.0 or 0.1")
+        if not self.norm_eps >= 0.0:
+            raise ConfigError(f"norm_eps={self.norm_eps} must be >= 0: e.g. 1e-5")
+        if not self.init_std > 0.0:
+            raise ConfigError(f"init_std={self.init_std} must be > 0: GPT-2 uses 0.02")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head if self.d_head is not None else self.d_model // self.n_heads
+
+    @property
+    def mlp_dim(self) -> int:
+        return self.d_mlp if self.d_mlp is not None else 4 * self.d_model
+
+    @property
+    def rotary_dim(self) -> int:
+        return self.rotate_dim if self.rotate_dim is not None else self.head_dim
+
+    @property
+    def residual_out_std(self) -> float:
+        """GPT-2: projections that write into the residual stream start smaller, so the
+        stream's variance does not grow with depth (two writes per layer)."""
+        return self.init_std / math.sqrt(2 * self.n_layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown ModelConfig field(s) {unknown}: valid fields are {sorted(known)}"
+            )
+        return cls(**values)
+
+
+def _require_positive(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name}={value!r} must be a positive integer")
+
+
+def _require_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {list(choices)}")

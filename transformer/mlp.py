@@ -1,0 +1,50 @@
+"""The MLP block: the only place a transformer computes a non-linear function of one position.
+
+Attention moves information between positions but, per head, only mixes vectors linearly;
+the MLP reads the residual stream at each position, applies a non-linearity, and writes back.
+GELU uses the exact erf form; SwiGLU gates one projection with the SiLU of another.
+"""
+
+import math
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from transformer.config import ModelConfig
+
+
+def gelu(x: Tensor) -> Tensor:
+    """x * Phi(x), with Phi the standard normal CDF (the exact form, not the tanh estimate)."""
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def silu(x: Tensor) -> Tensor:
+    return x * torch.sigmoid(x)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d_model, d_mlp = cfg.d_model, cfg.mlp_dim
+        self.gated = cfg.mlp == "swiglu"
+        self.W_in = nn.Parameter(torch.randn(d_model, d_mlp) * cfg.init_std)
+        self.b_in = nn.Parameter(torch.zeros(d_mlp)) if cfg.bias else None
+        self.W_gate = (
+            nn.Parameter(torch.randn(d_model, d_mlp) * cfg.init_std) if self.gated else None
+        )
+        self.W_out = nn.Parameter(torch.randn(d_mlp, d_model) * cfg.residual_out_std)
+        self.b_out = nn.Parameter(torch.zeros(d_model)) if cfg.bias else None
+
+    def forward(
+        self, x: Float[Tensor, "batch pos d_model"]
+    ) -> Float[Tensor, "batch pos d_model"]:
+        pre = x @ self.W_in
+        if self.b_in is not None:
+            pre = pre + self.b_in
+        if self.W_gate is not None:
+            hidden = silu(x @ self.W_gate) * pre
+        else:
+            hidden = gelu(pre)
+        out = hidden @ self.W_out
+        return out + self.b_out if self.b_out is not None else out

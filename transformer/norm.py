@@ -1,0 +1,43 @@
+"""Normalisation of the residual stream before each block reads it.
+
+LayerNorm centres each position's vector and scales it to unit variance, then applies a
+learned gain `w` and bias `b`. RMSNorm skips the centring and the bias: it only rescales by
+the root-mean-square. Both keep a block's input on a fixed scale however large the residual
+stream grows with depth. Epsilon goes *inside* the square root, added to the variance.
+"""
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, d_model: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.w = nn.Parameter(torch.ones(d_model))
+        self.b = nn.Parameter(torch.zeros(d_model))
+
+    def forward(
+        self, x: Float[Tensor, "*batch d_model"]
+    ) -> Float[Tensor, "*batch d_model"]:
+        centred = x - x.mean(dim=-1, keepdim=True)
+        variance = centred.pow(2).mean(dim=-1, keepdim=True)  # biased, as in the paper
+        return centred / torch.sqrt(variance + self.eps) * self.w + self.b
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d_model: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.w = nn.Parameter(torch.ones(d_model))
+
+    def forward(
+        self, x: Float[Tensor, "*batch d_model"]
+    ) -> Float[Tensor, "*batch d_model"]:
+        mean_square = x.pow(2).mean(dim=-1, keepdim=True)
+        return x * torch.rsqrt(mean_square + self.eps) * self.w
+
+
+def make_norm(kind: str, d_model: int, eps: float) -> LayerNorm | RMSNorm:
+    return LayerNorm(d_model, eps) if kind == "layernorm" else RMSNorm(d_model, eps)
