@@ -16,13 +16,12 @@ import os
 from jaxtyping import Float, Int
 from torch import Tensor
 
-ENV_SWITCH = "TRANSFORMER_TYPECHECK"
-CHECKER = "typeguard.typechecked"
+ENV_SWITCH = "TRANSFORMER_TYPECHECK"  # read in transformer/__init__.py, before this module loads
 
 
-def requested() -> bool:
-    """True when the environment asks for runtime shape checks in this process."""
-    return os.environ.get(ENV_SWITCH, "") == "1"
+def enable_in_children() -> None:
+    """Make processes started from here on (torchrun, mp.spawn workers) check shapes too."""
+    os.environ[ENV_SWITCH] = "1"
 
 
 def canary_wrong_return(x: Float[Tensor, "rows cols"]) -> Float[Tensor, "rows cols"]:
