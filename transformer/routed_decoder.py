@@ -1,0 +1,116 @@
+"""The routed decoder: K steps, each applying a router-chosen layer from a pool of N.
+
+tokens -> Embed (+ positions) -> for each step k: router reads the routing prefix, picks a
+pool layer per sequence, the pool applies it -> final norm -> Unembed -> logits.
+
+Everything around the layers is the plain decoder's own code (`DecoderEnds`), and the layers
+are the plain `TransformerLayer`: with N = K and the route forced to step k -> layer k, the
+logits equal the plain decoder's bit for bit (tests/test_routed_decoder.py).
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from transformer import routing_losses
+from transformer.config import ModelConfig
+from transformer.decoder import DecoderEnds
+from transformer.layer_pool import LayerPool
+from transformer.router import Router
+from transformer.routing_config import RoutingConfig
+from transformer.routing_gate import choice_score, gate
+
+
+@dataclass
+class RoutingInfo:
+    """What the router did on one forward pass, and the auxiliary losses it owes."""
+
+    layer_choices: Int[Tensor, "batch steps"]
+    router_logits: Float[Tensor, "batch steps n_pool"]
+    probabilities: Float[Tensor, "batch steps n_pool"]
+    counts: Float[Tensor, "steps n_pool"]  # sequences per layer per step (global when training)
+    usage_entropy: Float[Tensor, ""]
+    decision_entropy: Float[Tensor, ""]
+    balance_loss: Float[Tensor, ""]
+    z_loss: Float[Tensor, ""]
+    aux_loss: Float[Tensor, ""]  # balance_weight * balance_loss + z_loss_weight * z_loss
+
+
+class RoutedDecoder(DecoderEnds):
+    def __init__(self, cfg: ModelConfig, routing: RoutingConfig) -> None:
+        super().__init__(cfg)
+        self.routing = routing
+        self.pool = LayerPool(cfg, routing.pool_size)
+        self.router = Router(cfg, routing)
+        self._window_counts: Tensor | None = None
+        self._in_window = False
+
+    @property
+    def n_steps(self) -> int:
+        return self.cfg.n_layers
+
+    @contextmanager
+    def counting_window(self) -> Iterator[None]:
+        """Count layer usage for the balance loss across every forward inside the block (the
+        micro-batches of one optimizer step). Outside a window each forward counts alone."""
+        self._in_window, self._window_counts = True, None
+        try:
+            yield
+        finally:
+            self._in_window, self._window_counts = False, None
+
+    def forward(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        key_padding_mask: Bool[Tensor, "batch pos"] | None = None,
+        route: Int[Tensor, "batch steps"] | None = None,
+    ) -> tuple[Float[Tensor, "batch pos d_vocab"], RoutingInfo]:
+        """`route` forces the layer chosen at each step (for tests, baselines and analysis)."""
+        if route is not None and route.shape != (tokens.shape[0], self.n_steps):
+            raise ValueError(f"route must have shape (batch, steps) = {(tokens.shape[0], self.n_steps)}")
+        resid = self.embed_tokens(tokens)
+        all_choices, all_logits, all_probabilities = [], [], []
+        for step in range(self.n_steps):
+            logits = self.router(resid, step)
+            choice = route[:, step] if route is not None else self.router.choose(logits)
+            probabilities = self.router.probabilities(logits)
+            layer_out = self.pool(resid, choice, key_padding_mask)
+            resid = gate(resid, layer_out, choice_score(probabilities, choice, self.routing.gradient))
+            all_choices.append(choice)
+            all_logits.append(logits)
+            all_probabilities.append(probabilities)
+        info = self._routing_info(
+            torch.stack(all_choices, dim=1),
+            torch.stack(all_logits, dim=1),
+            torch.stack(all_probabilities, dim=1),
+        )
+        return self.logits(resid), info
+
+    def _routing_info(
+        self,
+        choices: Int[Tensor, "batch steps"],
+        logits: Float[Tensor, "batch steps n_pool"],
+        probabilities: Float[Tensor, "batch steps n_pool"],
+    ) -> RoutingInfo:
+        counts = routing_losses.count_choices(choices, self.routing.pool_size, all_ranks=self.training)
+        if self._in_window:
+            if self._window_counts is not None:
+                counts = counts + self._window_counts
+            self._window_counts = counts
+        balance = routing_losses.balance_loss(counts, probabilities)
+        z = routing_losses.z_loss(logits)
+        return RoutingInfo(
+            layer_choices=choices,
+            router_logits=logits,
+            probabilities=probabilities,
+            counts=counts,
+            usage_entropy=routing_losses.usage_entropy(counts),
+            decision_entropy=routing_losses.decision_entropy(probabilities.detach()),
+            balance_loss=balance,
+            z_loss=z,
+            aux_loss=self.routing.balance_weight * balance + self.routing.z_loss_weight * z,
+        )
