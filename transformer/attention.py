@@ -57,7 +57,7 @@ class Attention(nn.Module):
         allowed = self._allowed(x.shape[1], key_padding_mask, x.device)
         bias = self.alibi(x.shape[1], x.shape[1]) if self.alibi is not None else None
         if self.fast:
-            z = self._fast_mix(q, k, v, allowed, bias)
+            z = self._fast_mix(q, k, v, allowed, bias, key_padding_mask)
         else:
             z = self._readable_mix(q, k, v, allowed, bias)
         out = torch.einsum("bhpe,hed->bpd", z, self.W_O)
@@ -88,9 +88,11 @@ class Attention(nn.Module):
         allowed: Bool[Tensor, "#batch 1 q k"],
         bias: Float[Tensor, "n_heads q k"] | None,
     ) -> Float[Tensor, "batch n_heads q k"]:
-        """Attention probabilities, in float32 whatever the parameters' dtype. A query with no
-        key allowed (possible with padding) gets an all-zero row, never NaN."""
-        scores = (q.float() @ k.float().transpose(-1, -2)) * self.scale
+        """Attention probabilities, in float32 or wider whatever the parameters' dtype (float64
+        stays float64). A query with no key allowed (possible with padding) gets an all-zero
+        row, never NaN."""
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        scores = (q.to(dtype) @ k.to(dtype).transpose(-1, -2)) * self.scale
         if bias is not None:
             scores = scores + bias
         # A finite fill (not -inf) keeps fully masked rows finite in the forward *and* backward
@@ -116,8 +118,9 @@ class Attention(nn.Module):
         v: Float[Tensor, "batch n_heads k d_head"],
         allowed: Bool[Tensor, "#batch 1 q k"],
         bias: Float[Tensor, "n_heads q k"] | None,
+        key_padding_mask: Bool[Tensor, "batch k"] | None,
     ) -> Float[Tensor, "batch n_heads q d_head"]:
-        if bias is None and allowed.shape[0] == 1:
+        if bias is None and key_padding_mask is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device)
         mask = mask.masked_fill(~allowed, torch.finfo(q.dtype).min)
