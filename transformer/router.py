@@ -38,6 +38,10 @@ class Router(nn.Module):
         self.temperature = routing.temperature_start
         self.generator = torch.Generator().manual_seed(routing.seed)
 
+    def seed_generator(self, seed: int) -> None:
+        """Restart route sampling from `seed` (each distributed rank uses its own)."""
+        self.generator.manual_seed(seed)
+
     def summary(
         self, resid: Float[Tensor, "batch pos d_model"], step: int
     ) -> Float[Tensor, "batch d_model"]:

@@ -1,0 +1,59 @@
+"""Running on one process or many: who am I, which device, and how ranks talk.
+
+`torchrun` starts one process per device and tells each its RANK, LOCAL_RANK and
+WORLD_SIZE through the environment. Without them, this is a single process. The backend
+follows the device: NCCL between CUDA GPUs, gloo between CPU processes.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Process:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone prints, logs and writes checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def start(device: str = "auto") -> Process:
+    """Join the process group torchrun set up (if any) and pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = torch.device(device)
+    if chosen.type == "cuda":
+        chosen = torch.device("cuda", local_rank)
+        torch.cuda.set_device(chosen)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=backend_for(chosen))
+    return Process(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
+
+
+def stop() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def routing_seed(seed: int, rank: int) -> int:
+    """Each rank samples its own routes, and the same ranks reproduce them for the same seed."""
+    return seed + 1_000_003 * rank
