@@ -4,6 +4,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from transformer.train_cli import add_train_command, run_train
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -16,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     demo.add_argument("--seed", type=int, default=0)
+    add_train_command(commands)
     return parser
 
 
@@ -29,5 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--steps must be positive, got {args.steps}")
         run_demo(steps=args.steps, seed=args.seed)
         return 0
+    if args.command == "train":
+        return run_train(args)
     parser.print_help(sys.stdout)
     return 0

@@ -104,7 +104,24 @@ class ModelConfig:
             raise ConfigError(
                 f"unknown ModelConfig field(s) {unknown}: valid fields are {sorted(known)}"
             )
-        return cls(**values)
+        return cls(**coerce_floats(cls, values))
+
+
+def coerce_floats(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """YAML reads `3e-4` as a string (its floats need a dot) and `1` as an int: give float
+    fields floats, so configs can be written the way people write numbers."""
+    float_fields = {f.name for f in fields(cls) if f.type in (float, float | None)}
+    coerced = dict(values)
+    for name in float_fields & set(values):
+        value = values[name]
+        if isinstance(value, str):
+            try:
+                coerced[name] = float(value)
+            except ValueError:
+                raise ConfigError(f"{name}={value!r} must be a number") from None
+        elif isinstance(value, int) and not isinstance(value, bool):
+            coerced[name] = float(value)
+    return coerced
 
 
 def _require_positive(name: str, value: object) -> None:

@@ -56,7 +56,11 @@ class Router(nn.Module):
     def forward(
         self, resid: Float[Tensor, "batch pos d_model"], step: int
     ) -> Float[Tensor, "batch n_pool"]:
-        return self.summary(resid, step).float() @ self.W_R.float() + self.b_R.float()
+        summary = self.summary(resid, step)
+        # float32 even under bf16 autocast: rounding must not decide routes
+        with torch.autocast(summary.device.type, enabled=False):
+            logits: Tensor = summary.float() @ self.W_R.float() + self.b_R.float()
+        return logits
 
     def choose(self, logits: Float[Tensor, "batch n_pool"]) -> Int[Tensor, " batch"]:
         """Training: a sample from softmax(logits / tau). Evaluation: the argmax."""

@@ -8,7 +8,7 @@ layer k, it is exactly the plain decoder.
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from transformer.config import ConfigError, ModelConfig
+from transformer.config import ConfigError, ModelConfig, coerce_floats
 
 GRADIENT_CHOICES = ("p", "log_p", "log_p_baseline", "none")
 
@@ -57,4 +57,4 @@ class RoutingConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown RoutingConfig field(s) {unknown}: valid fields are {sorted(known)}")
-        return cls(**values)
+        return cls(**coerce_floats(cls, values))

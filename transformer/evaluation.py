@@ -1,0 +1,87 @@
+"""Validation loss and perplexity; for routed models with argmax routes and sampled routes.
+
+Evaluation draws its windows and its sampled routes from generators of its own, so running
+it never shifts the training run's random streams (a resumed run stays exact).
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from transformer import routing_losses
+from transformer.objective import compute_objective
+from transformer.routed_decoder import RoutedDecoder
+
+
+@dataclass
+class Evaluation:
+    val_loss: float
+    val_ppl: float
+    sampled_route_loss: float | None = None
+    usage: list[list[float]] = field(default_factory=list)  # [steps][pool] fraction, argmax routes
+    usage_entropy: float | None = None
+    decision_entropy: float | None = None
+
+    def as_record(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if v is not None and v != []}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: list[Tensor],
+    route_samples: int = 2,
+    seed: int = 0,
+) -> Evaluation:
+    """Mean loss over `batches` (each [batch, pos + 1] tokens), summed across ranks when the
+    batches are split between them. `model` is the bare model, not the DDP wrapper."""
+    was_training = model.training
+    model.eval()
+    losses, usage_counts, decision = [], [], []
+    for tokens in batches:
+        objective = compute_objective(model, tokens)
+        losses.append(objective.lm_loss.float())
+        if objective.routing is not None:
+            usage_counts.append(objective.routing.counts)
+            decision.append(objective.routing.decision_entropy)
+    total = _global_mean(torch.stack(losses))
+    result = Evaluation(val_loss=total, val_ppl=math.exp(min(total, 700.0)))
+    if isinstance(model, RoutedDecoder):
+        counts = _global_sum(torch.stack(usage_counts).sum(0))
+        result.usage = (counts / counts.sum(-1, keepdim=True).clamp_min(1)).tolist()
+        result.usage_entropy = float(routing_losses.usage_entropy(counts))
+        result.decision_entropy = _global_mean(torch.stack(decision))
+        if route_samples > 0:
+            result.sampled_route_loss = _sampled_route_loss(model, batches, route_samples, seed)
+    model.train(was_training)
+    return result
+
+
+def _sampled_route_loss(model: RoutedDecoder, batches: list[Tensor], samples: int, seed: int) -> float:
+    """Routes drawn as in training (Gumbel at the current temperature), dropout off, from an
+    evaluation generator swapped in for the router's own."""
+    training_generator = model.router.generator
+    model.router.generator = torch.Generator().manual_seed(seed)
+    model.router.train()
+    try:
+        losses = [compute_objective(model, tokens).lm_loss.float() for tokens in batches for _ in range(samples)]
+    finally:
+        model.router.eval()
+        model.router.generator = training_generator
+    return _global_mean(torch.stack(losses))
+
+
+def _global_sum(value: Float[Tensor, "*shape"]) -> Tensor:
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def _global_mean(values: Float[Tensor, " n"]) -> float:
+    both = _global_sum(torch.stack([values.sum(), torch.tensor(float(values.numel()), device=values.device)]))
+    return float(both[0] / both[1])
