@@ -4,6 +4,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from transformer.tokenizer_cli import add_tokenizer_commands, run_tokenizer_command
 from transformer.train_cli import add_train_command, run_train
 
 
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     demo.add_argument("--seed", type=int, default=0)
     add_train_command(commands)
+    add_tokenizer_commands(commands)
     return parser
 
 
@@ -34,5 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "train":
         return run_train(args)
+    if args.command == "tokenizer":
+        return run_tokenizer_command(args)
     parser.print_help(sys.stdout)
     return 0

@@ -48,13 +48,17 @@ def evaluate(
         if objective.routing is not None:
             usage_counts.append(objective.routing.counts)
             decision.append(objective.routing.decision_entropy)
-    total = _global_mean(torch.stack(losses))
+    # A rank may have no batch (fewer batches than ranks): it still joins every all-reduce.
+    device = next(model.parameters()).device
+    total = _global_mean(_stack_or_empty(losses, device))
     result = Evaluation(val_loss=total, val_ppl=math.exp(min(total, 700.0)))
     if isinstance(model, RoutedDecoder):
-        counts = _global_sum(torch.stack(usage_counts).sum(0))
+        shape = (model.n_steps, model.routing.pool_size)
+        local = torch.stack(usage_counts).sum(0) if usage_counts else torch.zeros(shape, device=device)
+        counts = _global_sum(local)
         result.usage = (counts / counts.sum(-1, keepdim=True).clamp_min(1)).tolist()
         result.usage_entropy = float(routing_losses.usage_entropy(counts))
-        result.decision_entropy = _global_mean(torch.stack(decision))
+        result.decision_entropy = _global_mean(_stack_or_empty(decision, device))
         if route_samples > 0:
             result.sampled_route_loss = _sampled_route_loss(model, batches, route_samples, seed)
     model.train(was_training)
@@ -72,7 +76,11 @@ def _sampled_route_loss(model: RoutedDecoder, batches: list[Tensor], samples: in
     finally:
         model.router.eval()
         model.router.generator = training_generator
-    return _global_mean(torch.stack(losses))
+    return _global_mean(_stack_or_empty(losses, next(model.parameters()).device))
+
+
+def _stack_or_empty(values: list[Tensor], device: torch.device) -> Tensor:
+    return torch.stack(values) if values else torch.zeros(0, device=device)
 
 
 def _global_sum(value: Float[Tensor, "*shape"]) -> Tensor:

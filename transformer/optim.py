@@ -24,7 +24,8 @@ def decays(name: str, parameter: nn.Parameter) -> bool:
 
 
 def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
-    decayed, kept = [], []
+    decayed: list[nn.Parameter] = []
+    kept: list[nn.Parameter] = []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             (decayed if decays(name, parameter) else kept).append(parameter)

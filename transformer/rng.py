@@ -5,7 +5,7 @@ States are stored as tensors and lists of ints so a checkpoint loads with
 """
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ def seed_everything(seed: int) -> None:
 
 def capture() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
-    kind, keys, position, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    kind, keys, position, has_gauss, cached = cast(tuple[str, Any, int, int, float], np.random.get_state())
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": [version, list(internal), gauss],

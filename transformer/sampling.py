@@ -6,8 +6,9 @@ trainer uses for its end-of-run sample.
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor, nn
+from torch import Tensor
 
+from transformer.decoder import DecoderEnds
 from transformer.routed_decoder import RoutedDecoder
 
 
@@ -29,7 +30,7 @@ def filter_logits(
     return logits
 
 
-def next_token_logits(model: nn.Module, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch d_vocab"]:
+def next_token_logits(model: DecoderEnds, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch d_vocab"]:
     output = model(tokens)
     logits: Tensor = output[0] if isinstance(model, RoutedDecoder) else output
     return logits[:, -1].float()
@@ -37,7 +38,7 @@ def next_token_logits(model: nn.Module, tokens: Int[Tensor, "batch pos"]) -> Flo
 
 @torch.no_grad()
 def sample(
-    model: nn.Module,
+    model: DecoderEnds,
     prompt: Int[Tensor, "batch pos"],
     max_new_tokens: int,
     temperature: float = 1.0,
@@ -46,7 +47,7 @@ def sample(
     generator: torch.Generator | None = None,
 ) -> Int[Tensor, "batch total"]:
     """Prompt plus `max_new_tokens` sampled tokens; temperature 0 is greedy decoding."""
-    n_ctx: int = model.cfg.n_ctx  # type: ignore[assignment]
+    n_ctx = model.cfg.n_ctx
     was_training = model.training
     model.eval()
     tokens = prompt

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from transformer import checkpoint as ckpt
 from transformer import distributed, rng
 from transformer.data import TokenData, load_documents, prepare_data
-from transformer.decoder import Decoder
+from transformer.decoder import Decoder, DecoderEnds
 from transformer.evaluation import Evaluation, evaluate
 from transformer.objective import compute_objective, first_scored_target
 from transformer.optim import learning_rate, make_optimizer
@@ -51,7 +51,7 @@ class TrainResult:
     run_dir: Path
 
 
-def build_model(config: RunConfig, d_vocab: int) -> nn.Module:
+def build_model(config: RunConfig, d_vocab: int) -> DecoderEnds:
     model_config = config.model_config(d_vocab)
     if config.routing is None:
         return Decoder(model_config)
@@ -102,10 +102,8 @@ class _Run:
             self.wrapped = DistributedDataParallel(self.model, device_ids=ids)
         self.forward_model: nn.Module = torch.compile(self.wrapped) if settings.compile else self.wrapped  # type: ignore[assignment]
         self.log = RunLog(self.run_dir / "metrics.jsonl", enabled=process.is_main)
-        self.tokens_per_step = (
-            settings.batch_size * self.model.cfg.n_ctx * settings.grad_accum * process.world_size  # type: ignore[operator]
-        )
-        cfg = self.model.cfg  # type: ignore[union-attr]
+        cfg = self.model.cfg
+        self.tokens_per_step = settings.batch_size * cfg.n_ctx * settings.grad_accum * process.world_size
         self.flops_per_step = self.tokens_per_step * flops_per_token(
             active_parameters(self.model), cfg.n_layers, cfg.d_model, cfg.n_ctx
         )
@@ -220,8 +218,9 @@ class _Run:
         window = self.model.counting_window() if isinstance(self.model, RoutedDecoder) else contextlib.nullcontext()
         with window:
             for micro in range(settings.grad_accum):
-                tokens = self.data.sample_windows("train", settings.batch_size, self.model.cfg.n_ctx,  # type: ignore[union-attr]
-                                                  self.data_generator).to(self.process.device)
+                tokens = self.data.sample_windows(
+                    "train", settings.batch_size, self.model.cfg.n_ctx, self.data_generator
+                ).to(self.process.device)
                 with self._no_sync(last=micro == settings.grad_accum - 1), self._autocast():
                     objective = compute_objective(self.forward_model, tokens)
                 (objective.loss / settings.grad_accum).backward()
@@ -238,11 +237,11 @@ class _Run:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         record: dict[str, Any] = {"loss": self._rank_mean(loss), "lr": lr, "grad_norm": float(grad_norm)}
-        if routing_infos:
+        if routing_infos and isinstance(self.model, RoutedDecoder):
             info = routing_infos[-1]  # its counts cover the whole window: all micro-batches, all ranks
             record.update(usage_entropy=float(info.usage_entropy), decision_entropy=float(info.decision_entropy),
                           usage=(info.counts / info.counts.sum(-1, keepdim=True)).tolist(),
-                          temperature=self.model.router.temperature)  # type: ignore[union-attr]
+                          temperature=self.model.router.temperature)
         return record
 
     @contextlib.contextmanager
@@ -305,7 +304,7 @@ class _Run:
     def _val_batches(self) -> list[Tensor]:
         """The same validation windows at every evaluation, split between the ranks."""
         generator = torch.Generator().manual_seed(stream_seed(self.settings.seed, 0, 5))
-        n_ctx: int = self.model.cfg.n_ctx  # type: ignore[union-attr, assignment]
+        n_ctx = self.model.cfg.n_ctx
         batches = [self.data.sample_windows("val", self.settings.batch_size, n_ctx, generator)
                    for _ in range(self.settings.eval_batches)]
         mine = batches[self.process.rank :: self.process.world_size]
