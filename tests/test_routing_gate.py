@@ -41,14 +41,18 @@ def test_no_gradient_mode_gives_the_router_nothing_from_the_task() -> None:
     assert logits.grad is None
 
 
-def _per_sample_router_gradients(mode: str, samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _per_sample_router_gradients(
+    mode: str, samples: int, seed: int, common_reward: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """K = 1, N = 3, a loss linear in the step's output. Returns per-sample gradients of the
-    router logits and the exact gradient of the expected loss."""
+    router logits and the exact gradient of the expected loss. `common_reward` is added to
+    every layer's reward <g, y_j - x> (as when all layers help and differ only a little)."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.tensor([0.3, -0.5, 0.9])
     x = torch.randn(1, 2, 4, generator=generator)
     layer_outputs = torch.randn(3, 1, 2, 4, generator=generator)  # y_j for each pool layer
     upstream = torch.randn(1, 2, 4, generator=generator)  # g = dL/dout, constant (linear loss)
+    layer_outputs = layer_outputs + common_reward * upstream / upstream.pow(2).sum()
     # exact: d/dz sum_j p_j <g, y_j - x>
     rewards = (upstream * (layer_outputs - x)).sum(dim=(1, 2, 3))
     z = logits.clone().requires_grad_(True)
@@ -67,10 +71,21 @@ def _per_sample_router_gradients(mode: str, samples: int, seed: int) -> tuple[to
     return per_sample.grad, exact
 
 
-def test_log_p_estimator_is_unbiased_for_the_expected_first_order_loss() -> None:
-    grads, exact = _per_sample_router_gradients("log_p", samples=20_000, seed=0)
+@pytest.mark.parametrize("mode", ["log_p", "log_p_baseline"])
+def test_log_p_estimator_is_unbiased_for_the_expected_first_order_loss(mode: str) -> None:
+    """With the leave-one-out baseline too: sample b's gradient is (R_b - mean of the others' R)
+    times d log p_b, whose expectation is the same."""
+    grads, exact = _per_sample_router_gradients(mode, samples=20_000, seed=0)
     mean, standard_error = grads.mean(0), grads.std(0) / grads.shape[0] ** 0.5
     assert torch.all((mean - exact).abs() < 4 * standard_error), (mean, exact, standard_error)
+
+
+def test_the_baseline_removes_the_variance_a_reward_shared_by_all_layers_adds() -> None:
+    plain, _ = _per_sample_router_gradients("log_p", samples=20_000, seed=1, common_reward=5.0)
+    baselined, exact = _per_sample_router_gradients("log_p_baseline", samples=20_000, seed=1, common_reward=5.0)
+    assert torch.all(baselined.var(0) < 0.2 * plain.var(0)), (baselined.var(0), plain.var(0))
+    standard_error = baselined.std(0) / baselined.shape[0] ** 0.5
+    assert torch.all((baselined.mean(0) - exact).abs() < 4 * standard_error)
 
 
 def test_p_estimator_is_biased_toward_likely_layers() -> None:

@@ -54,6 +54,10 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
-def routing_seed(seed: int, rank: int) -> int:
-    """Each rank samples its own routes, and the same ranks reproduce them for the same seed."""
-    return seed + 1_000_003 * rank
+def stream_seed(seed: int, rank: int, stream: int) -> int:
+    """Independent, reproducible seeds per (run seed, rank, purpose): each rank samples its own
+    data windows and routes, and the same ranks reproduce them for the same seed."""
+    return (seed * 1_000_003 + rank * 7919 + stream * 104_729) % 2**63
+
+
+DATA_STREAM, ROUTING_STREAM, DROPOUT_STREAM, EVAL_STREAM, VAL_WINDOWS_STREAM = 1, 2, 3, 4, 5

@@ -55,8 +55,10 @@ class RoutedDecoder(DecoderEnds):
 
     @contextmanager
     def counting_window(self) -> Iterator[None]:
-        """Count layer usage for the balance loss across every forward inside the block (the
-        micro-batches of one optimizer step). Outside a window each forward counts alone."""
+        """Count layer usage for the balance loss across the forwards inside the block (the
+        micro-batches of one optimizer step): micro-batch m balances against the counts of
+        micro-batches 0..m (the counts of later ones do not exist yet), so the last one sees the
+        whole step. Outside a window each forward counts alone."""
         self._in_window, self._window_counts = True, None
         try:
             yield

@@ -22,7 +22,7 @@ class RoutingConfig:
     balance_weight: float = 1e-2
     z_loss_weight: float = 1e-3
     gradient: str = "log_p_baseline"  # how the task loss reaches the router; "none": control
-    seed: int = 0  # seeds the router's own generator (each rank adds its rank)
+    seed: int = 0  # seeds the router's own generator (mixed with the rank: see distributed.stream_seed)
 
     def __post_init__(self) -> None:
         if not isinstance(self.pool_size, int) or self.pool_size < 1:

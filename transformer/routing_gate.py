@@ -15,8 +15,9 @@ Scores (`RoutingConfig.gradient`):
 - "p": s = p_chosen (Switch/MoD style; favours layers that are already likely);
 - "log_p": s = log p_chosen, the score-function form; its expectation over the sampled
   choice is the exact gradient of the expected first-order loss;
-- "log_p_baseline": log p_chosen minus its batch mean, which subtracts the batch-mean
-  reward from every sample's reward (less variance, same expectation);
+- "log_p_baseline": the score-function form with a leave-one-out baseline: each sample's
+  reward minus the mean reward of the *other* samples in the batch (less variance, same
+  expectation). With a batch of one there is no other sample and it is plain "log_p";
 - "none": no gradient from the task (the published failure, kept as a negative control).
 """
 
@@ -36,8 +37,13 @@ def choice_score(
     if mode == "log_p":
         return log_p
     if mode == "log_p_baseline":
-        # d/dtheta sum_b R_b (log p_b - mean log p) = sum_b (R_b - mean R) d log p_b
-        return log_p - log_p.mean()
+        batch = log_p.shape[0]
+        if batch == 1:
+            return log_p
+        # With s_b = B / (B - 1) * (log p_b - mean log p):
+        #   sum_b R_b ds_b = sum_b (R_b - mean_{b' != b} R_b') d log p_b,
+        # the leave-one-out baseline, whose expectation is the unbaselined one.
+        return (log_p - log_p.mean()) * (batch / (batch - 1))
     raise ValueError(f"unknown routing gradient mode {mode!r}")
 
 

@@ -3,9 +3,10 @@
 Balance (Switch Transformer): at each step, N * sum_i f_i * P_i, with f_i the fraction of
 sequences sent to layer i (a count: no gradient) and P_i the mean router probability of i
 (differentiable). Its minimum, 1.0, is at uniform usage; its gradient lowers P_i for layers
-that are over-used. f is counted over the *global* batch (all ranks, all micro-batches of the
-optimizer step): balancing each small batch, or worse each sequence, would forbid the router
-from sending different inputs to different layers, which is the whole point.
+that are over-used. f is counted over the *global* batch (all ranks, and the micro-batches
+of the optimizer step so far: see RoutedDecoder.counting_window): balancing each small
+batch, or worse each sequence, would forbid the router from sending different inputs to
+different layers, which is the whole point.
 
 z-loss (ST-MoE): mean(logsumexp(z)^2) keeps router logits small, so the softmax stays in a
 range where float32 rounding does not decide routes.

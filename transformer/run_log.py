@@ -1,7 +1,7 @@
 """The run's metrics: one JSON object per line, appended, flushed as written.
 
 Append-only JSONL survives crashes (every finished line is valid), resumes by appending, and
-plots with a few lines of code. Records carry `kind` ("train", "eval", "event"); a resumed
+plots with a few lines of code. Records carry `kind` ("train" or "eval"); a resumed
 run may repeat steps after its checkpoint, and readers keep the last record per step.
 """
 

@@ -27,6 +27,14 @@ from transformer import checkpoint as ckpt
 from transformer import distributed, rng
 from transformer.data import TokenData, load_documents, prepare_data
 from transformer.decoder import Decoder, DecoderEnds
+from transformer.distributed import (
+    DATA_STREAM,
+    DROPOUT_STREAM,
+    EVAL_STREAM,
+    ROUTING_STREAM,
+    VAL_WINDOWS_STREAM,
+    stream_seed,
+)
 from transformer.evaluation import Evaluation, evaluate
 from transformer.objective import compute_objective, first_scored_target
 from transformer.optim import learning_rate, make_optimizer
@@ -62,11 +70,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TRANSFORMER_CACHE", Path.home() / ".cache" / "transformer"))
 
 
-def stream_seed(seed: int, rank: int, stream: int) -> int:
-    """Independent, reproducible seeds per (run seed, rank, purpose)."""
-    return (seed * 1_000_003 + rank * 7919 + stream * 104_729) % 2**63
-
-
 def train(config: RunConfig, resume: str | None = None, stop_at: int | None = None) -> TrainResult:
     process = distributed.start(config.train.device)
     try:
@@ -89,11 +92,11 @@ class _Run:
         rng.seed_everything(settings.seed)  # identical initial weights on every rank
         self.model = build_model(config, self.tokenizer.vocab_size).to(process.device)
         self.optimizer = make_optimizer(self.model, settings)
-        self.data_generator = torch.Generator().manual_seed(stream_seed(settings.seed, process.rank, 1))
+        self.data_generator = torch.Generator().manual_seed(stream_seed(settings.seed, process.rank, DATA_STREAM))
         if isinstance(self.model, RoutedDecoder):
-            self.model.router.seed_generator(stream_seed(self.model.routing.seed, process.rank, 2))
+            self.model.router.seed_generator(stream_seed(self.model.routing.seed, process.rank, ROUTING_STREAM))
         self.step, self.best_val, self.skipped = 0, math.inf, 0
-        rng.seed_everything(stream_seed(settings.seed, process.rank, 3))  # dropout differs per rank
+        rng.seed_everything(stream_seed(settings.seed, process.rank, DROPOUT_STREAM))  # dropout differs per rank
         if state is not None:
             self._load(state)
         self.wrapped: nn.Module = self.model
@@ -293,7 +296,7 @@ class _Run:
         if self.step % self.settings.eval_interval and self.step != last:
             return None
         evaluation = evaluate(self.model, self._val_batches(), self.settings.eval_route_samples,
-                              seed=stream_seed(self.settings.seed, self.process.rank, 4))
+                              seed=stream_seed(self.settings.seed, self.process.rank, EVAL_STREAM))
         self.log.write({"kind": "eval", "step": self.step, "tokens": self.step * self.tokens_per_step,
                         **evaluation.as_record()})
         if self.process.is_main:
@@ -303,7 +306,7 @@ class _Run:
 
     def _val_batches(self) -> list[Tensor]:
         """The same validation windows at every evaluation, split between the ranks."""
-        generator = torch.Generator().manual_seed(stream_seed(self.settings.seed, 0, 5))
+        generator = torch.Generator().manual_seed(stream_seed(self.settings.seed, 0, VAL_WINDOWS_STREAM))
         n_ctx = self.model.cfg.n_ctx
         batches = [self.data.sample_windows("val", self.settings.batch_size, n_ctx, generator)
                    for _ in range(self.settings.eval_batches)]
