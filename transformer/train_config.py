@@ -42,6 +42,7 @@ class TrainSettings:
     keep_last: int = 2
     seed: int = 1337
     device: str = "auto"  # "auto", "cpu", "cuda"
+    threads: int = 0  # CPU threads per process; 0 leaves PyTorch's default (tiny models: 1 is fastest)
     dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "float32", "bfloat16"
     compile: bool = False
     max_bad_steps: int = 10  # non-finite losses in a row before training stops
@@ -54,7 +55,7 @@ class TrainSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"train.{name}={value!r} must be a positive integer")
-        for name in ("warmup_steps", "sample_tokens", "eval_route_samples"):
+        for name in ("warmup_steps", "sample_tokens", "eval_route_samples", "threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"train.{name}={value!r} must be a non-negative integer")

@@ -71,6 +71,8 @@ def cache_dir() -> Path:
 
 
 def train(config: RunConfig, resume: str | None = None, stop_at: int | None = None) -> TrainResult:
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
     process = distributed.start(config.train.device)
     try:
         return _Run(config, process, resume).run(stop_at)
