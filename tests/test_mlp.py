@@ -9,10 +9,12 @@ from transformer.config import ModelConfig
 from transformer.mlp import MLP
 
 
-def mlp_in_float64(mlp: str, bias: bool = True, seed: int = 0) -> MLP:
-    """A float64 MLP whose biases are non-zero, so the reference checks where they are added."""
+def mlp_in_float64(mlp: str, bias: bool = True, seed: int = 0, path: str = "readable") -> MLP:
+    """A float64 MLP whose biases are non-zero, so the reference checks where they are added.
+    `path="readable"` uses the hand-written erf GELU, "fast" PyTorch's fused one."""
     torch.manual_seed(seed)
-    module = MLP(ModelConfig(d_model=8, n_heads=2, d_mlp=24, mlp=mlp, bias=bias, init_std=0.5)).double()
+    cfg = ModelConfig(d_model=8, n_heads=2, d_mlp=24, mlp=mlp, bias=bias, init_std=0.5, attention=path)
+    module = MLP(cfg).double()
     with torch.no_grad():
         for name, parameter in module.named_parameters():
             if name.startswith("b_"):
@@ -31,6 +33,16 @@ def test_gelu_mlp_matches_linear_gelu_linear(bias: bool) -> None:
     hidden = F.gelu(F.linear(x, mlp.W_in.T, mlp.b_in), approximate="none")  # the exact erf form
     expected = F.linear(hidden, mlp.W_out.T, mlp.b_out)
     torch.testing.assert_close(mlp(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_fast_path_mlp_equals_the_readable_one_values_and_gradients() -> None:
+    readable, fast = mlp_in_float64("gelu", path="readable"), mlp_in_float64("gelu", path="fast")
+    x = activations().requires_grad_(True)
+    out_readable, out_fast = readable(x), fast(x)
+    torch.testing.assert_close(out_fast, out_readable, rtol=1e-12, atol=1e-12)
+    (grad_readable,) = torch.autograd.grad(out_readable.pow(2).sum(), x)
+    (grad_fast,) = torch.autograd.grad(out_fast.pow(2).sum(), x)
+    torch.testing.assert_close(grad_fast, grad_readable, rtol=1e-12, atol=1e-12)
 
 
 def test_gelu_is_the_exact_form_not_the_tanh_estimate() -> None:

@@ -100,3 +100,17 @@ def test_wrong_width_input_fails_loudly(norm_class: type[LayerNorm | RMSNorm]) -
     # of the return value is reached (the annotation does not bind d_model to w's length).
     with pytest.raises((TypeCheckError, RuntimeError)):
         norm_class(D_MODEL)(torch.randn(3, D_MODEL - 1))
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("eps", [1e-5, 0.1])
+def test_fast_path_norms_equal_the_readable_ones_values_and_gradients(kind: str, eps: float) -> None:
+    readable = randomised(make_norm(kind, D_MODEL, eps, fast=False), seed=3)
+    fast = randomised(make_norm(kind, D_MODEL, eps, fast=True), seed=3)
+    x = residual(3, 4, seed=4).requires_grad_(True)
+    out_readable, out_fast = readable(x), fast(x)
+    torch.testing.assert_close(out_fast, out_readable, rtol=1e-12, atol=1e-12)
+    grads_readable = torch.autograd.grad(out_readable.pow(3).sum(), [x, *readable.parameters()])
+    grads_fast = torch.autograd.grad(out_fast.pow(3).sum(), [x, *fast.parameters()])
+    for g_fast, g_readable in zip(grads_fast, grads_readable, strict=True):
+        torch.testing.assert_close(g_fast, g_readable, rtol=1e-10, atol=1e-10)

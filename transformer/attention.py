@@ -5,9 +5,11 @@ query against every earlier key (the causal mask hides later ones), turns the sc
 probability pattern with a softmax, and writes the pattern-weighted values back through W_O.
 
 Two paths compute the same function, chosen by `ModelConfig.attention`:
-- "readable": explicit scores, mask, float32 softmax and weighted sum, to read and to probe;
-- "fast": `torch.nn.functional.scaled_dot_product_attention`, PyTorch's fused kernel.
-tests/test_attention.py proves the two agree.
+- "readable": one einsum per projection, then explicit scores, mask, float32 softmax and
+  weighted sum, to read and to probe;
+- "fast": Q, K and V from one matrix multiply (the heads' weights laid side by side), then
+  `torch.nn.functional.scaled_dot_product_attention`, PyTorch's fused kernel.
+tests/test_attention.py proves the two agree, values and gradients.
 """
 
 import math
@@ -49,19 +51,56 @@ class Attention(nn.Module):
         key_padding_mask: Bool[Tensor, "batch pos"] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """`key_padding_mask`: True where a key may be attended to (False marks padding)."""
-        q = self._project(x, self.W_Q, self.b_Q)
-        k = self._project(x, self.W_K, self.b_K)
-        v = self._project(x, self.W_V, self.b_V)
+        if self.fast:
+            q, k, v = self._project_qkv_at_once(x, self.W_Q, self.W_K, self.W_V, self.b_Q, self.b_K, self.b_V)
+        else:
+            q = self._project(x, self.W_Q, self.b_Q)
+            k = self._project(x, self.W_K, self.b_K)
+            v = self._project(x, self.W_V, self.b_V)
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
         allowed = self._allowed(x.shape[1], key_padding_mask, x.device)
         bias = self.alibi(x.shape[1], x.shape[1]) if self.alibi is not None else None
         if self.fast:
-            z = self._fast_mix(q, k, v, allowed, bias, key_padding_mask)
-        else:
-            z = self._readable_mix(q, k, v, allowed, bias)
+            return self._write_at_once(self._fast_mix(q, k, v, allowed, bias, key_padding_mask))
+        z = self._readable_mix(q, k, v, allowed, bias)
         out = torch.einsum("bhpe,hed->bpd", z, self.W_O)
         return out + self.b_O if self.b_O is not None else out
+
+    @staticmethod
+    def _project_qkv_at_once(
+        x: Float[Tensor, "batch pos d_model"],
+        W_Q: Float[Tensor, "n_heads d_model d_head"],
+        W_K: Float[Tensor, "n_heads d_model d_head"],
+        W_V: Float[Tensor, "n_heads d_model d_head"],
+        b_Q: Float[Tensor, "n_heads d_head"] | None,
+        b_K: Float[Tensor, "n_heads d_head"] | None,
+        b_V: Float[Tensor, "n_heads d_head"] | None,
+    ) -> tuple[
+        Float[Tensor, "batch n_heads pos d_head"],
+        Float[Tensor, "batch n_heads pos d_head"],
+        Float[Tensor, "batch n_heads pos d_head"],
+    ]:
+        """The same three projections as `_project`, as a single [d_model, 3 * n_heads * d_head]
+        matrix multiply: one large kernel instead of three einsums with their reshapes."""
+        n_heads, d_model, d_head = W_Q.shape
+        side_by_side = torch.cat([W.permute(1, 0, 2).reshape(d_model, n_heads * d_head) for W in (W_Q, W_K, W_V)], 1)
+        flat = x.reshape(-1, d_model)
+        if b_Q is not None and b_K is not None and b_V is not None:
+            qkv = torch.addmm(torch.cat([b_Q.reshape(-1), b_K.reshape(-1), b_V.reshape(-1)]), flat, side_by_side)
+        else:
+            qkv = flat @ side_by_side
+        qkv = qkv.view(x.shape[0], x.shape[1], 3, n_heads, d_head).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
+
+    def _write_at_once(self, z: Float[Tensor, "batch n_heads pos d_head"]) -> Float[Tensor, "batch pos d_model"]:
+        """`einsum("bhpe,hed->bpd", z, W_O) + b_O` as one matrix multiply over all heads."""
+        batch, n_heads, pos, d_head = z.shape
+        flat = z.transpose(1, 2).reshape(batch * pos, n_heads * d_head)
+        d_model = self.W_O.shape[-1]
+        W_O = self.W_O.reshape(n_heads * d_head, d_model)
+        out = torch.addmm(self.b_O, flat, W_O) if self.b_O is not None else flat @ W_O
+        return out.view(batch, pos, d_model)
 
     @staticmethod
     def _project(

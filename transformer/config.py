@@ -34,7 +34,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     mlp: str = "gelu"
     attn_only: bool = False
-    attention: str = "fast"
+    attention: str = "fast"  # "readable" or "fast": the fast path uses PyTorch's fused kernels
     bias: bool = True
     tie_embeddings: bool = False
     dropout: float = 0.0
@@ -74,6 +74,11 @@ class ModelConfig:
             raise ConfigError(f"norm_eps={self.norm_eps} must be >= 0: e.g. 1e-5")
         if not self.init_std > 0.0:
             raise ConfigError(f"init_std={self.init_std} must be > 0: GPT-2 uses 0.02")
+
+    @property
+    def fast_kernels(self) -> bool:
+        """The fast path: PyTorch's fused kernels for attention, norms and GELU (same functions)."""
+        return self.attention == "fast"
 
     @property
     def head_dim(self) -> int:

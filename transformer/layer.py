@@ -19,9 +19,9 @@ from transformer.norm import make_norm
 class TransformerLayer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.ln1 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.ln1 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.fast_kernels)
         self.attn = Attention(cfg)
-        self.ln2 = None if cfg.attn_only else make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.ln2 = None if cfg.attn_only else make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.fast_kernels)
         self.mlp = None if cfg.attn_only else MLP(cfg)
         self.dropout = cfg.dropout
 
