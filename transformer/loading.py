@@ -1,0 +1,42 @@
+"""Open a trained run: its model with the checkpoint's weights, its tokenizer and its config.
+
+Every command that uses a trained model (generate, chat, eval, routes) starts here, so a
+bad run directory or checkpoint gives the same one-line error everywhere.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from transformer import checkpoint as ckpt
+from transformer.decoder import DecoderEnds
+from transformer.tokenizer import TextTokenizer
+from transformer.train_config import RunConfig
+from transformer.trainer import build_model
+
+
+@dataclass
+class TrainedRun:
+    model: DecoderEnds
+    tokenizer: TextTokenizer
+    config: RunConfig
+    checkpoint: Path
+    step: int
+
+
+def load_trained(run_dir: Path, which: str = "latest", device: str = "cpu") -> TrainedRun:
+    """`which`: "latest", "best", or a checkpoint folder. The model is returned in eval mode."""
+    if not run_dir.is_dir():
+        raise ckpt.CheckpointError(f"run directory {run_dir} does not exist (give the train.out_dir of a run)")
+    folder = ckpt.resolve(run_dir, which)
+    state = ckpt.read_state(folder)
+    try:
+        config = RunConfig.from_dict(state["config"])
+        tokenizer = TextTokenizer.from_json(state["tokenizer"])
+    except (KeyError, ValueError) as error:
+        raise ckpt.CheckpointError(f"checkpoint {folder} has no usable config or tokenizer: {error}") from error
+    model = build_model(config, tokenizer.vocab_size).to(torch.device(device))
+    ckpt.read_weights(folder, model)
+    model.eval()
+    return TrainedRun(model=model, tokenizer=tokenizer, config=config, checkpoint=folder, step=int(state["step"]))
