@@ -35,7 +35,7 @@ def test_overrides_change_values_with_yaml_types() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["train.max_stepz=7"], r"unknown train setting\(s\) \['max_stepz'\].*valid settings are"),
+        (["train.max_stepz=7"], r"unknown train setting\(s\) \['max_stepz'\].*valid train settings are"),
         (["model.d_modle=32"], r"unknown ModelConfig field\(s\) \['d_modle'\]"),
         (["routing.pool=3"], r"unknown RoutingConfig field\(s\) \['pool'\]"),
         (["optim.lr=3"], r"expected SECTION.KEY=VALUE"),

@@ -103,13 +103,17 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown ModelConfig field(s) {unknown}: valid fields are {sorted(known)}"
-            )
-        return cls(**coerce_floats(cls, values))
+        return cls(**checked_fields(cls, values, "ModelConfig field"))
+
+
+def checked_fields(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]:
+    """The values for a config dataclass: every key must be one of its fields (a misspelling
+    is an error listing the valid ones, never silently ignored), floats made floats."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what}(s) {unknown}: valid {what}s are {sorted(known)}")
+    return coerce_floats(cls, values)
 
 
 def coerce_floats(cls: type, values: dict[str, Any]) -> dict[str, Any]:

@@ -21,10 +21,11 @@ def _check_length(pos: int, offset: int, n_ctx: int) -> None:
         )
 
 
-class LearnedPositions(nn.Module):
-    def __init__(self, n_ctx: int, d_model: int, init_std: float = 0.02) -> None:
-        super().__init__()
-        self.W_pos = nn.Parameter(torch.randn(n_ctx, d_model) * init_std)
+class AbsolutePositions(nn.Module):
+    """Row p of the table W_pos is added to the embedding of the token at position p (shifted
+    by `offset` when the tokens continue a sequence, as in cached generation)."""
+
+    W_pos: Tensor
 
     def forward(
         self, tokens: Int[Tensor, "batch pos"], offset: int = 0
@@ -32,6 +33,12 @@ class LearnedPositions(nn.Module):
         pos = tokens.shape[1]
         _check_length(pos, offset, self.W_pos.shape[0])
         return self.W_pos[offset : offset + pos]
+
+
+class LearnedPositions(AbsolutePositions):
+    def __init__(self, n_ctx: int, d_model: int, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.W_pos = nn.Parameter(torch.randn(n_ctx, d_model) * init_std)
 
 
 def sinusoidal_table(n_ctx: int, d_model: int) -> Float[Tensor, "n_ctx d_model"]:
@@ -46,17 +53,8 @@ def sinusoidal_table(n_ctx: int, d_model: int) -> Float[Tensor, "n_ctx d_model"]
     return table.float()
 
 
-class SinusoidalPositions(nn.Module):
-    W_pos: Tensor
-
+class SinusoidalPositions(AbsolutePositions):
     def __init__(self, n_ctx: int, d_model: int) -> None:
         super().__init__()
         # Not a parameter and not saved: it is a function of (n_ctx, d_model) alone.
         self.register_buffer("W_pos", sinusoidal_table(n_ctx, d_model), persistent=False)
-
-    def forward(
-        self, tokens: Int[Tensor, "batch pos"], offset: int = 0
-    ) -> Float[Tensor, "pos d_model"]:
-        pos = tokens.shape[1]
-        _check_length(pos, offset, self.W_pos.shape[0])
-        return self.W_pos[offset : offset + pos]

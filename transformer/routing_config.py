@@ -5,10 +5,10 @@ chosen from a pool of `pool_size` layers (N). With N = K and the route forced to
 layer k, it is exactly the plain decoder.
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from transformer.config import ConfigError, ModelConfig, coerce_floats
+from transformer.config import ConfigError, ModelConfig, checked_fields
 
 GRADIENT_CHOICES = ("p", "log_p", "log_p_baseline", "none")
 
@@ -53,8 +53,4 @@ class RoutingConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RoutingConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown RoutingConfig field(s) {unknown}: valid fields are {sorted(known)}")
-        return cls(**coerce_floats(cls, values))
+        return cls(**checked_fields(cls, values, "RoutingConfig field"))

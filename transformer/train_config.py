@@ -6,13 +6,13 @@ overridden from the command line by `--set section.key=value`. Every key is chec
 misspelled key is an error that lists the valid ones, never silently ignored.
 """
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from transformer.config import ConfigError, ModelConfig, coerce_floats
+from transformer.config import ConfigError, ModelConfig, checked_fields
 from transformer.routing_config import RoutingConfig
 
 SECTIONS = ("model", "routing", "train")
@@ -136,11 +136,7 @@ class RunConfig:
 
 
 def _settings_from_dict(values: dict[str, Any]) -> TrainSettings:
-    known = {f.name for f in fields(TrainSettings)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown train setting(s) {unknown}: valid settings are {sorted(known)}")
-    return replace(TrainSettings(), **coerce_floats(TrainSettings, values))
+    return replace(TrainSettings(), **checked_fields(TrainSettings, values, "train setting"))
 
 
 def load_run_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
