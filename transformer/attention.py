@@ -10,6 +10,9 @@ Two paths compute the same function, chosen by `ModelConfig.attention`:
 - "fast": Q, K and V from one matrix multiply (the heads' weights laid side by side), then
   `torch.nn.functional.scaled_dot_product_attention`, PyTorch's fused kernel.
 tests/test_attention.py proves the two agree, values and gradients.
+
+With a `LayerCache` (generation, see kv_cache.py) `x` holds only the new positions: their keys
+and values are appended to the cache, and their queries attend over every cached key.
 """
 
 import math
@@ -21,6 +24,7 @@ from torch import Tensor, nn
 
 from transformer.alibi import ALiBi
 from transformer.config import ModelConfig
+from transformer.kv_cache import LayerCache
 from transformer.rotary import Rotary
 
 # Shapes inside attention: batch, n_heads, pos (queries q, keys k), d_head.
@@ -49,18 +53,29 @@ class Attention(nn.Module):
         self,
         x: Float[Tensor, "batch pos d_model"],
         key_padding_mask: Bool[Tensor, "batch pos"] | None = None,
+        cache: LayerCache | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
-        """`key_padding_mask`: True where a key may be attended to (False marks padding)."""
+        """`key_padding_mask`: True where a key may be attended to (False marks padding).
+        `cache`: keys and values of earlier positions; `x` is then the positions after them."""
+        if cache is not None and key_padding_mask is not None:
+            raise ValueError("a KV cache serves generation, which has no padding: pass one or the other")
+        offset = cache.length if cache is not None else 0
         if self.fast:
             q, k, v = self._project_qkv_at_once(x, self.W_Q, self.W_K, self.W_V, self.b_Q, self.b_K, self.b_V)
         else:
             q = self._project(x, self.W_Q, self.b_Q)
             k = self._project(x, self.W_K, self.b_K)
             v = self._project(x, self.W_V, self.b_V)
+        # New positions start at `offset`. Without a cache the calls are the ones they always
+        # were (describe() lists the arguments each module is called with).
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
-        allowed = self._allowed(x.shape[1], key_padding_mask, x.device)
-        bias = self.alibi(x.shape[1], x.shape[1]) if self.alibi is not None else None
+            q, k = (self.rotary(q, offset), self.rotary(k, offset)) if offset else (self.rotary(q), self.rotary(k))
+        if cache is not None:
+            k, v = cache.append(k, v)  # from here on, keys and values of all offset + pos positions
+        allowed = self._allowed(x.shape[1], key_padding_mask, x.device, offset)
+        bias = None
+        if self.alibi is not None:
+            bias = self.alibi(x.shape[1], k.shape[2], offset) if offset else self.alibi(x.shape[1], x.shape[1])
         if self.fast:
             return self._write_at_once(self._fast_mix(q, k, v, allowed, bias, key_padding_mask))
         z = self._readable_mix(q, k, v, allowed, bias)
@@ -113,9 +128,10 @@ class Attention(nn.Module):
 
     @staticmethod
     def _allowed(
-        pos: int, key_padding_mask: Bool[Tensor, "batch pos"] | None, device: torch.device
+        pos: int, key_padding_mask: Bool[Tensor, "batch pos"] | None, device: torch.device, offset: int = 0
     ) -> Bool[Tensor, "#batch 1 q k"]:
-        causal = torch.ones(pos, pos, dtype=torch.bool, device=device).tril()
+        """Query i, at absolute position offset + i, may see keys 0 .. offset + i."""
+        causal = torch.ones(pos, offset + pos, dtype=torch.bool, device=device).tril(diagonal=offset)
         if key_padding_mask is None:
             return causal[None, None]
         return causal[None, None] & key_padding_mask[:, None, None, :]
@@ -160,7 +176,10 @@ class Attention(nn.Module):
         key_padding_mask: Bool[Tensor, "batch k"] | None,
     ) -> Float[Tensor, "batch n_heads q d_head"]:
         if bias is None and key_padding_mask is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+            if q.shape[2] == k.shape[2]:  # no cache: SDPA's own causal mask is ours
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+            if q.shape[2] == 1:  # one new query after the cached keys: it may see them all
+                return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device)
         mask = mask.masked_fill(~allowed, torch.finfo(q.dtype).min)
         if bias is not None:

@@ -108,7 +108,8 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
     except FileNotFoundError as error:
         raise CheckpointError(f"checkpoint {checkpoint} is incomplete: {STATE} is missing") from error
     except Exception as error:  # corrupt or foreign file: say so in one line
-        raise CheckpointError(f"checkpoint {checkpoint / STATE} cannot be read: {error}") from error
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise CheckpointError(f"checkpoint {checkpoint / STATE} cannot be read: {reason}") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {checkpoint} has an unknown format")
     return state

@@ -4,6 +4,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from transformer.eval_cli import add_eval_command, run_eval
+from transformer.generate_cli import add_generate_commands, run_generate_command
+from transformer.plot_cli import add_plot_command, run_plot
+from transformer.routes_cli import add_routes_command, run_routes
 from transformer.tokenizer_cli import add_tokenizer_commands, run_tokenizer_command
 from transformer.train_cli import add_train_command, run_train
 
@@ -16,6 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_train_command(commands)
     add_tokenizer_commands(commands)
+    add_generate_commands(commands)
+    add_plot_command(commands)
+    add_eval_command(commands)
+    add_routes_command(commands)
     return parser
 
 
@@ -26,5 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_train(args)
     if args.command == "tokenizer":
         return run_tokenizer_command(args)
+    if args.command in ("generate", "chat"):
+        return run_generate_command(args)
+    if args.command == "plot":
+        return run_plot(args)
+    if args.command == "eval":
+        return run_eval(args)
+    if args.command == "routes":
+        return run_routes(args)
     parser.print_help(sys.stdout)
     return 0

@@ -2,6 +2,8 @@
 
 This is GPT-2's shape. The routed decoder (routed_decoder.py) reuses every part of it and
 replaces only the fixed order of layers with a router's choice from a pool.
+With a `KVCache` (see kv_cache.py and generation.py), `tokens` are the positions after those
+already cached, and the logits are theirs alone.
 """
 
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from torch import Tensor, nn
 
 from transformer.config import ModelConfig
 from transformer.embed import Embed, Unembed
+from transformer.kv_cache import KVCache
 from transformer.layer import TransformerLayer
 from transformer.norm import make_norm
 from transformer.positions import LearnedPositions, SinusoidalPositions
@@ -38,15 +41,18 @@ class DecoderEnds(nn.Module):
             cfg.d_model, cfg.d_vocab, cfg.init_std, tied_to=self.embed if cfg.tie_embeddings else None
         )
 
-    def embed_tokens(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-        if tokens.shape[1] > self.cfg.n_ctx:
+    def embed_tokens(
+        self, tokens: Int[Tensor, "batch pos"], offset: int = 0
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """`offset`: the absolute position of the first token (the KV cache's length)."""
+        if offset + tokens.shape[1] > self.cfg.n_ctx:
             raise ValueError(
-                f"sequence of {tokens.shape[1]} tokens is longer than the model's context "
+                f"sequence of {offset + tokens.shape[1]} tokens is longer than the model's context "
                 f"n_ctx={self.cfg.n_ctx}: crop the input to its last {self.cfg.n_ctx} tokens"
             )
         resid: Tensor = self.embed(tokens)
         if self.pos_embed is not None:
-            resid = resid + self.pos_embed(tokens)
+            resid = resid + (self.pos_embed(tokens, offset) if offset else self.pos_embed(tokens))
         return F.dropout(resid, self.cfg.dropout, self.training)
 
     def logits(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
@@ -63,8 +69,12 @@ class Decoder(DecoderEnds):
         self,
         tokens: Int[Tensor, "batch pos"],
         key_padding_mask: Bool[Tensor, "batch pos"] | None = None,
+        cache: KVCache | None = None,
     ) -> Float[Tensor, "batch pos d_vocab"]:
-        resid = self.embed_tokens(tokens)
-        for layer in self.layers:
-            resid = layer(resid, key_padding_mask)
+        resid = self.embed_tokens(tokens, cache.length if cache is not None else 0)
+        for index, layer in enumerate(self.layers):
+            if cache is None:
+                resid = layer(resid, key_padding_mask)
+            else:
+                resid = layer(resid, key_padding_mask, cache.layers[index])
         return self.logits(resid)

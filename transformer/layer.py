@@ -4,6 +4,7 @@ The residual stream is the model's memory; each block reads a normalised copy of
 *adds* what it computed. Pre-norm (GPT-2 onwards) keeps an untouched identity path from the
 embedding to the unembedding, which is what lets deep stacks train without warm-up tricks.
 This module is the unit the plain decoder stacks and the routed decoder's pool holds.
+A `LayerCache` passed in goes to the attention block, the only one that looks at other positions.
 """
 
 import torch.nn.functional as F
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 
 from transformer.attention import Attention
 from transformer.config import ModelConfig
+from transformer.kv_cache import LayerCache
 from transformer.mlp import MLP
 from transformer.norm import make_norm
 
@@ -29,8 +31,13 @@ class TransformerLayer(nn.Module):
         self,
         resid: Float[Tensor, "batch pos d_model"],
         key_padding_mask: Bool[Tensor, "batch pos"] | None = None,
+        cache: LayerCache | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
-        attn_out = self.attn(self.ln1(resid), key_padding_mask)
+        normed = self.ln1(resid)
+        if cache is None:  # the call it always was: describe() shows the same arguments
+            attn_out = self.attn(normed, key_padding_mask)
+        else:
+            attn_out = self.attn(normed, key_padding_mask, cache)
         resid = resid + F.dropout(attn_out, self.dropout, self.training)
         if self.mlp is not None and self.ln2 is not None:
             mlp_out = self.mlp(self.ln2(resid))

@@ -6,6 +6,10 @@ once (no scatter-add), so the result is deterministic. Every layer runs at every
 on an empty group: its parameters stay in the autograd graph and get a zero gradient rather
 than none, so DistributedDataParallel needs no `find_unused_parameters` and AdamW treats an
 unused layer the same whatever the number of ranks.
+
+With a `LayerCache` (generation: one per routing step, rows in batch order), each layer gets
+the cached rows of the sequences it serves, appends to them, and the rows are put back in batch
+order; layers nobody chose are skipped.
 """
 
 import torch
@@ -13,6 +17,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from transformer.config import ModelConfig
+from transformer.kv_cache import LayerCache
 from transformer.layer import TransformerLayer
 
 
@@ -26,6 +31,7 @@ class LayerPool(nn.Module):
         resid: Float[Tensor, "batch pos d_model"],
         choice: Int[Tensor, " batch"],
         key_padding_mask: Bool[Tensor, "batch pos"] | None = None,
+        cache: LayerCache | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         pool_size = len(self.layers)
         order = torch.argsort(choice, stable=True)
@@ -38,5 +44,15 @@ class LayerPool(nn.Module):
             if key_padding_mask is not None
             else [None] * pool_size
         )
-        outputs = [layer(group, mask) for layer, group, mask in zip(self.layers, groups, masks, strict=True)]
+        if cache is None:
+            outputs = [layer(group, mask) for layer, group, mask in zip(self.layers, groups, masks, strict=True)]
+            return torch.cat(outputs)[torch.argsort(order)]
+        # Generation: each layer serves its sequences with their own rows of this step's cache.
+        # A layer with no sequence is skipped: there is no training step to keep its gradient for.
+        outputs, caches = [], []
+        for layer, group, mask, rows in zip(self.layers, groups, masks, order.split(group_sizes), strict=True):
+            if len(rows):
+                caches.append(cache.rows(rows))
+                outputs.append(layer(group, mask, caches[-1]))
+        cache.gather(caches, order)
         return torch.cat(outputs)[torch.argsort(order)]

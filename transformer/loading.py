@@ -11,6 +11,8 @@ import torch
 
 from transformer import checkpoint as ckpt
 from transformer.decoder import DecoderEnds
+from transformer.routed_decoder import RoutedDecoder
+from transformer.router import temperature_after
 from transformer.tokenizer import TextTokenizer
 from transformer.train_config import RunConfig
 from transformer.trainer import build_model
@@ -38,5 +40,8 @@ def load_trained(run_dir: Path, which: str = "latest", device: str = "cpu") -> T
         raise ckpt.CheckpointError(f"checkpoint {folder} has no usable config or tokenizer: {error}") from error
     model = build_model(config, tokenizer.vocab_size).to(torch.device(device))
     ckpt.read_weights(folder, model)
+    if isinstance(model, RoutedDecoder) and config.routing is not None:
+        # sampled routes (evaluation, analysis) at the temperature training had reached
+        model.router.temperature = temperature_after(config.routing, int(state["step"]), config.train.max_steps)
     model.eval()
     return TrainedRun(model=model, tokenizer=tokenizer, config=config, checkpoint=folder, step=int(state["step"]))

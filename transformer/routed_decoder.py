@@ -6,6 +6,9 @@ pool layer per sequence, the pool applies it -> final norm -> Unembed -> logits.
 Everything around the layers is the plain decoder's own code (`DecoderEnds`), and the layers
 are the plain `TransformerLayer`: with N = K and the route forced to step k -> layer k, the
 logits equal the plain decoder's bit for bit (tests/test_routed_decoder.py).
+
+With a `KVCache` (generation), the route is fixed by the first call, which must hold the whole
+routing prefix; later calls feed only new tokens through the same layers (see kv_cache.py).
 """
 
 from collections.abc import Iterator
@@ -19,6 +22,7 @@ from torch import Tensor
 from transformer import routing_losses
 from transformer.config import ModelConfig
 from transformer.decoder import DecoderEnds
+from transformer.kv_cache import FixedRoute, KVCache
 from transformer.layer_pool import LayerPool
 from transformer.router import Router
 from transformer.routing_config import RoutingConfig
@@ -70,26 +74,38 @@ class RoutedDecoder(DecoderEnds):
         tokens: Int[Tensor, "batch pos"],
         key_padding_mask: Bool[Tensor, "batch pos"] | None = None,
         route: Int[Tensor, "batch steps"] | None = None,
+        cache: KVCache | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_vocab"], RoutingInfo]:
-        """`route` forces the layer chosen at each step (for tests, baselines and analysis)."""
+        """`route` forces the layer chosen at each step (for tests, baselines and analysis).
+        `cache`: the first call routes as usual and stores the route; later calls reuse it."""
         if route is not None and route.shape != (tokens.shape[0], self.n_steps):
             raise ValueError(f"route must have shape (batch, steps) = {(tokens.shape[0], self.n_steps)}")
-        resid = self.embed_tokens(tokens)
+        fixed = cache.route if cache is not None else None
+        if fixed is not None and route is not None and not torch.equal(route, fixed.choices):
+            raise ValueError("this KV cache was filled on another route: start a new cache to change routes")
+        resid = self.embed_tokens(tokens, cache.length if cache is not None else 0)
         all_choices, all_logits, all_probabilities = [], [], []
         for step in range(self.n_steps):
-            logits = self.router(resid, step)
-            choice = route[:, step] if route is not None else self.router.choose(logits)
-            probabilities = self.router.probabilities(logits)
-            layer_out = self.pool(resid, choice, key_padding_mask)
+            if fixed is None:
+                logits = self.router(resid, step)
+                choice = route[:, step] if route is not None else self.router.choose(logits)
+                probabilities = self.router.probabilities(logits)
+            else:  # the prefix was read on the first call; these tokens come after it
+                choice, logits, probabilities = fixed.at(step)
+            if cache is None:
+                layer_out = self.pool(resid, choice, key_padding_mask)
+            else:
+                layer_out = self.pool(resid, choice, key_padding_mask, cache.layers[step])
             resid = gate(resid, layer_out, choice_score(probabilities, choice, self.routing.gradient))
             all_choices.append(choice)
             all_logits.append(logits)
             all_probabilities.append(probabilities)
-        info = self._routing_info(
-            torch.stack(all_choices, dim=1),
-            torch.stack(all_logits, dim=1),
-            torch.stack(all_probabilities, dim=1),
-        )
+        choices = torch.stack(all_choices, dim=1)
+        router_logits = torch.stack(all_logits, dim=1)
+        router_probabilities = torch.stack(all_probabilities, dim=1)
+        if cache is not None and fixed is None:
+            cache.route = FixedRoute(choices, router_logits, router_probabilities)
+        info = self._routing_info(choices, router_logits, router_probabilities)
         return self.logits(resid), info
 
     def _routing_info(

@@ -76,6 +76,12 @@ class Router(nn.Module):
         return (logits / tau).softmax(dim=-1)
 
 
+def temperature_after(routing: RoutingConfig, step: int, total_steps: int) -> float:
+    """The temperature of the update that produced checkpoint `step` (update s runs at
+    temperature_at(s - 1)): what a loaded model samples routes at, as training last did."""
+    return temperature_at(routing, max(step - 1, 0), total_steps)
+
+
 def temperature_at(routing: RoutingConfig, step: int, total_steps: int) -> float:
     """Cosine anneal from temperature_start to temperature_end over `total_steps`."""
     progress = min(max(step / max(total_steps, 1), 0.0), 1.0)

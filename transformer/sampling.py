@@ -1,7 +1,8 @@
 """Sampling text from a decoder: temperature, top-k and top-p (nucleus) filtering.
 
-This is the simple loop that re-runs the whole context for each new token; it is what the
-trainer uses for its end-of-run sample.
+`choose_next` turns one step's logits into a token; `sample` is the simple loop that re-runs
+the whole context for each new token (what the trainer uses for its end-of-run sample).
+generation.py does the same with a KV cache, and tests/test_kv_cache.py proves the two agree.
 """
 
 import torch
@@ -36,6 +37,22 @@ def next_token_logits(model: DecoderEnds, tokens: Int[Tensor, "batch pos"]) -> F
     return logits[:, -1].float()
 
 
+def choose_next(
+    logits: Float[Tensor, "batch d_vocab"],
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Int[Tensor, "batch 1"]:
+    """One token per row: a draw from softmax(filtered logits / temperature); temperature 0 is
+    the argmax (greedy), the limit of ever smaller temperatures. Draws happen on the CPU, so a
+    CPU `generator` serves a model on any device."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1, keepdim=True)
+    probabilities = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
+    return torch.multinomial(probabilities.cpu(), 1, generator=generator).to(logits.device)
+
+
 @torch.no_grad()
 def sample(
     model: DecoderEnds,
@@ -53,11 +70,6 @@ def sample(
     tokens = prompt
     for _ in range(max_new_tokens):
         logits = next_token_logits(model, tokens[:, -n_ctx:])
-        if temperature == 0.0:
-            choice = logits.argmax(dim=-1, keepdim=True)
-        else:
-            probabilities = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
-            choice = torch.multinomial(probabilities.cpu(), 1, generator=generator).to(tokens.device)
-        tokens = torch.cat([tokens, choice], dim=1)
+        tokens = torch.cat([tokens, choose_next(logits, temperature, top_k, top_p, generator)], dim=1)
     model.train(was_training)
     return tokens

@@ -1,0 +1,471 @@
+"""What routing costs: the routed decoder's training step against plain decoders of its width.
+
+Three models at nanoGPT's CPU shakespeare-char size (d_model 128, 4 heads, context 64,
+batch 12, vocab 65), all with the package's defaults otherwise (fast attention):
+
+- plain-4: `Decoder`, 4 layers: the compute each token gets in the routed model;
+- plain-8: `Decoder`, 8 layers: the layer parameters the routed model holds;
+- routed:  `RoutedDecoder`, a pool of N=8 layers, K=4 steps (routing prefix 16): each
+  sequence runs through 4 layers, so its compute should be close to plain-4's.
+
+One training step = `compute_objective(model, tokens).loss` (next-token loss, plus the
+routed model's balance and z-losses), backward, AdamW step, zero_grad, on one fixed batch
+of random tokens; the routed model samples its routes as in training. The goal: a routed
+step costs at most 1.1x a plain-4 step. Timing runs the models interleaved, in rotating
+order, in one process, so that a change in machine load hits them alike: `warmup` untimed
+steps each, then `repeats` timed runs of `steps` steps; the table shows each model's
+median run. Two clocks: wall time (tokens/s comes from it) and, on CPU, the process's CPU
+time, which swings far less than wall time on a machine shared with other jobs.
+
+Peak memory is measured in a fresh child process per model: the peak added by max(warmup, 2)
+training steps on top of the built model (activations, gradients, AdamW's moments, allocator
+slack). CUDA: max_memory_allocated() minus memory_allocated() before the first step. CPU:
+the peak resident set size (VmHWM, reset through /proc/self/clear_refs before the first step)
+minus the RSS then; without that reset (not Linux), ru_maxrss, which may include earlier peaks.
+
+`--profile` then splits a routed step into its pieces (see `profile_routed`), to show where
+the time beyond plain-4 goes.
+
+Run from the repository root:  python bench/routing_cost.py [--threads 1] [--batch 64] [--profile]
+"""
+
+import argparse
+import contextlib
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from transformer import objective as objective_module
+from transformer import routed_decoder as routed_module
+from transformer.config import ModelConfig
+from transformer.decoder import Decoder
+from transformer.objective import compute_objective
+from transformer.routed_decoder import RoutedDecoder
+from transformer.routing_config import RoutingConfig
+
+MODELS = ("plain-4", "plain-8", "routed")
+# nanoGPT's shakespeare_char CPU recipe (its README's "I only have a macbook"), dropout 0.
+D_VOCAB, D_MODEL, N_HEADS, N_CTX = 65, 128, 4, 64
+STEPS_K, POOL_N, PREFIX = 4, 8, 16
+ROUTED_VS_PLAIN4_GOAL = 1.1  # routed ms/step / plain-4 ms/step should be at most this
+
+
+def build_model(name: str) -> nn.Module:
+    depth = 8 if name == "plain-8" else STEPS_K
+    cfg = ModelConfig(d_vocab=D_VOCAB, d_model=D_MODEL, n_heads=N_HEADS, n_layers=depth, n_ctx=N_CTX)
+    if name == "routed":
+        return RoutedDecoder(cfg, RoutingConfig(pool_size=POOL_N, route_prefix_len=PREFIX))
+    return Decoder(cfg)
+
+
+def make_tokens(batch: int, device: torch.device) -> Tensor:
+    """Inputs and targets in one tensor of n_ctx + 1 ids, as compute_objective takes them."""
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(0, D_VOCAB, (batch, N_CTX + 1), generator=generator).to(device)
+
+
+def autocast(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
+    """bfloat16 the way `transformer train` does it: autocast, float32 weights and AdamW."""
+    if args.dtype == "bfloat16":
+        return torch.autocast(args.device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Trainee:
+    """One model with its optimizer, and its timed runs (ms per step, one entry per run)."""
+
+    name: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    wall_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+
+    def step(self, tokens: Tensor, args: argparse.Namespace, route: Tensor | None = None) -> None:
+        with autocast(args):
+            loss = compute_objective(self.model, tokens, route=route).loss
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def build_trainee(name: str, args: argparse.Namespace) -> Trainee:
+    torch.manual_seed(0)
+    model = build_model(name).to(torch.device(args.device))
+    model.train()
+    return Trainee(name, model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+
+
+# --- Memory -----------------------------------------------------------------------------------
+
+
+def _proc_status_kib(key: str) -> int:
+    with open("/proc/self/status") as status:
+        found = re.search(rf"{key}:\s+(\d+)", status.read())
+    if found is None:
+        raise OSError(f"no {key} in /proc/self/status")
+    return int(found.group(1))
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # "5" resets VmHWM (the peak RSS) to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mib(name: str, args: argparse.Namespace) -> float:
+    """Runs in a fresh child process: the peak memory added by max(warmup, 2) training steps."""
+    device = torch.device(args.device)
+    trainee = build_trainee(name, args)
+    tokens = make_tokens(args.batch, device)
+    hwm_reset = False
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+    else:
+        hwm_reset = sys.platform == "linux" and _reset_peak_rss()
+        start = _proc_status_kib("VmRSS") * 1024 if hwm_reset else 0
+    for _ in range(max(args.warmup, 2)):  # AdamW allocates its moments in the first step
+        trainee.step(tokens, args)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    elif hwm_reset:
+        peak = _proc_status_kib("VmHWM") * 1024
+    else:
+        max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = max_rss if platform.system() == "Darwin" else max_rss * 1024  # bytes vs KiB
+    return max(0, peak - start) / 2**20
+
+
+def peak_memory_in_child(name: str, argv: Sequence[str]) -> float:
+    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--memory-of", name]
+    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    if finished.returncode != 0:
+        raise RuntimeError(f"memory measurement of {name} failed:\n{finished.stderr}")
+    return float(finished.stdout.strip().splitlines()[-1])
+
+
+# --- Timing -----------------------------------------------------------------------------------
+
+
+def timed_run(trainee: Trainee, tokens: Tensor, args: argparse.Namespace, route: Tensor | None = None) -> None:
+    device = torch.device(args.device)
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(args.steps):
+        trainee.step(tokens, args, route)
+    _sync(device)
+    trainee.wall_ms.append((time.perf_counter() - wall) * 1000.0 / args.steps)
+    trainee.cpu_ms.append((time.process_time() - cpu) * 1000.0 / args.steps)
+
+
+def time_models(args: argparse.Namespace) -> list[Trainee]:
+    """Timed runs of the models, interleaved and in rotating order (see the module docstring)."""
+    trainees = [build_trainee(name, args) for name in MODELS]
+    tokens = make_tokens(args.batch, torch.device(args.device))
+    for trainee in trainees:
+        for _ in range(args.warmup):
+            trainee.step(tokens, args)
+    for repeat in range(args.repeats):
+        for i in range(len(trainees)):
+            timed_run(trainees[(i + repeat) % len(trainees)], tokens, args)
+    return trainees
+
+
+# --- Profile of the routed step -----------------------------------------------------------------
+
+
+class Stopwatch:
+    """Time per named piece, summed over calls; `start`/`stop` may nest under other names. CPU
+    time on CPU (steady on a loaded machine), wall time after a synchronize on CUDA."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.clock = time.process_time if device.type == "cpu" else time.perf_counter
+        self.total_ms: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._started: dict[str, float] = {}
+
+    def start(self, name: str) -> None:
+        _sync(self.device)
+        self._started[name] = self.clock()
+
+    def stop(self, name: str) -> None:
+        _sync(self.device)
+        self.total_ms[name] += (self.clock() - self._started.pop(name)) * 1000.0
+        self.calls[name] += 1
+
+    @contextlib.contextmanager
+    def piece(self, name: str) -> Iterator[None]:
+        self.start(name)
+        try:
+            yield
+        finally:
+            self.stop(name)
+
+    def wrap(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with self.piece(name):
+                return function(*args, **kwargs)
+
+        return timed
+
+
+@contextlib.contextmanager
+def instrumented(model: RoutedDecoder, watch: Stopwatch, group_sizes: list[int]) -> Iterator[None]:
+    """Times the routed forward's pieces without editing the package: hooks on the router, the
+    pool and each pool layer; the gate, the aux losses, the ends and the LM loss wrapped in place."""
+    handles = [
+        model.router.register_forward_pre_hook(lambda *_: watch.start("router")),
+        model.router.register_forward_hook(lambda *_: watch.stop("router")),
+        model.pool.register_forward_pre_hook(lambda *_: watch.start("pool")),
+        model.pool.register_forward_hook(lambda *_: watch.stop("pool")),
+    ]
+
+    def layer_started(_module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        group_sizes.append(inputs[0].shape[0])
+        watch.start("pool layers")
+
+    for layer in model.pool.layers:
+        handles.append(layer.register_forward_pre_hook(layer_started))
+        handles.append(layer.register_forward_hook(lambda *_: watch.stop("pool layers")))
+    patched: list[tuple[Any, str, Any]] = [
+        (routed_module, "gate", watch.wrap("gate", routed_module.gate)),
+        (routed_module, "choice_score", watch.wrap("gate", routed_module.choice_score)),
+        (objective_module, "lm_loss", watch.wrap("ends + LM loss", objective_module.lm_loss)),
+        (model.router, "choose", watch.wrap("router", model.router.choose)),
+        (model.router, "probabilities", watch.wrap("router", model.router.probabilities)),
+        (model, "_routing_info", watch.wrap("aux losses", model._routing_info)),
+        (model, "embed_tokens", watch.wrap("ends + LM loss", model.embed_tokens)),
+        (model, "logits", watch.wrap("ends + LM loss", model.logits)),
+    ]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patched]
+    try:
+        for owner, name, replacement in patched:
+            setattr(owner, name, replacement)
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for owner, name, original in originals:
+            if owner is model or owner is model.router:
+                delattr(owner, name)  # drop the instance attribute: the class method shows again
+            else:
+                setattr(owner, name, original)
+
+
+def phase_split(trainee: Trainee, tokens: Tensor, args: argparse.Namespace, watch: Stopwatch) -> None:
+    with watch.piece("forward"), autocast(args):
+        loss = compute_objective(trainee.model, tokens).loss
+    with watch.piece("backward"):
+        loss.backward()
+    with watch.piece("optimizer"):
+        trainee.optimizer.step()
+        trainee.optimizer.zero_grad(set_to_none=True)
+
+
+def layer_call_ms(batch: int, args: argparse.Namespace, calls: int) -> float:
+    """Forward + backward of one TransformerLayer on `batch` sequences (CPU ms, or wall on CUDA)."""
+    device = torch.device(args.device)
+    layer = build_model("plain-4").to(device).layers[0]  # type: ignore[index]
+    x = torch.randn(batch, N_CTX, D_MODEL, device=device, requires_grad=True)
+    runs = []
+    for repeat in range(args.repeats + 1):
+        _sync(device)
+        clock = time.process_time if device.type == "cpu" else time.perf_counter
+        began = clock()
+        for _ in range(calls):
+            with autocast(args):
+                out = layer(x)
+            out.float().sum().backward()
+        _sync(device)
+        if repeat:  # the first run warms up
+            runs.append((clock() - began) * 1000.0 / calls)
+    return statistics.median(runs)
+
+
+def profile_routed(args: argparse.Namespace) -> None:
+    """Where a routed step's time goes, next to plain-4's: (1) the step split into forward,
+    backward and optimizer, and the routed forward into its pieces; (2) the same step with the
+    route forced to layer k at step k for every sequence (one full group per step, the other
+    7 layers on empty groups) and the per-call cost of one layer, which separate the cost of
+    small groups from the fixed cost of calling 8 layers per step."""
+    device = torch.device(args.device)
+    tokens = make_tokens(args.batch, device)
+    plain, routed = build_trainee("plain-4", args), build_trainee("routed", args)
+    assert isinstance(routed.model, RoutedDecoder)
+    for trainee in (plain, routed):
+        for _ in range(max(args.warmup, 2)):
+            trainee.step(tokens, args)
+    watches = {"plain-4": Stopwatch(device), "routed": Stopwatch(device)}
+    group_sizes: list[int] = []
+    for _ in range(args.repeats):
+        phase_split(plain, tokens, args, watches["plain-4"])
+        with instrumented(routed.model, watches["routed"], group_sizes):
+            phase_split(routed, tokens, args, watches["routed"])
+    per_step = {name: {piece: ms / args.repeats for piece, ms in watch.total_ms.items()}
+                for name, watch in watches.items()}
+    r, p = per_step["routed"], per_step["plain-4"]
+    clock = "cpu" if device.type == "cpu" else "wall"
+    print(f"\nprofile of one step, batch {args.batch}, mean of {args.repeats} instrumented steps "
+          f"({clock} ms; the hooks add a little to the routed forward):")
+    print(f"{'':<40} {'plain-4':>8} {'routed':>8} {'extra':>8}")
+    for phase in ("forward", "backward", "optimizer"):
+        print(f"{phase:<40} {p[phase]:>8.1f} {r[phase]:>8.1f} {r[phase] - p[phase]:>+8.1f}")
+    steps = args.repeats * STEPS_K
+    empty = sum(1 for size in group_sizes if size == 0)
+    print(f"routed forward, by piece ({len(group_sizes) // steps} layer calls per routing step, "
+          f"{empty / steps:.1f} of them on an empty group; group sizes {min(group_sizes)} to {max(group_sizes)}):")
+    dispatch = r["pool"] - r["pool layers"]
+    pieces = {
+        "embed, unembed, LM loss": r["ends + LM loss"],
+        "router (summary, logits, sample)": r["router"],
+        "pool layers": r["pool layers"],
+        "pool dispatch (sort/split/cat/unsort)": dispatch,
+        "gate": r["gate"],
+        "aux losses (counts, balance, z)": r["aux losses"],
+    }
+    pieces["the rest (Python, stack)"] = r["forward"] - sum(pieces.values())
+    for piece, ms in pieces.items():
+        print(f"  {piece:<38} {'':>8} {ms:>8.1f}")
+
+    forced = Trainee("routed, route k->k", routed.model, routed.optimizer)
+    free = Trainee("routed, sampled", routed.model, routed.optimizer)
+    route = torch.arange(STEPS_K, device=device).repeat(args.batch, 1)
+    for repeat in range(args.repeats):
+        for trainee, given in ((free, None), (forced, route))[:: 1 if repeat % 2 else -1]:
+            timed_run(trainee, tokens, args, given)
+    pick = (lambda t: t.cpu_ms) if device.type == "cpu" else (lambda t: t.wall_ms)
+    sampled_ms, forced_ms = statistics.median(pick(free)), statistics.median(pick(forced))
+    print(f"\nablation ({clock} ms per step, median of {args.repeats} runs x {args.steps} steps):")
+    print(f"  routed, sampled routes (groups of ~{args.batch / POOL_N:.1f} sequences)   {sampled_ms:>8.1f}")
+    print(f"  routed, route forced k->k (1 group of {args.batch}, 7 empty)   {forced_ms:>8.1f}")
+    print(f"  cost of splitting the batch into {POOL_N} small groups    {sampled_ms - forced_ms:>+8.1f}")
+    sizes = sorted({0, 1, max(1, round(args.batch / POOL_N)), args.batch})
+    costs = {size: layer_call_ms(size, args, calls=10) for size in sizes}
+    print(f"  one layer, forward + backward ({clock} ms) on a group of: "
+          + ", ".join(f"{size}: {ms:.2f}" for size, ms in costs.items()))
+    fixed = STEPS_K * (POOL_N - 1) * costs[0]
+    print(f"  fixed cost of {STEPS_K * (POOL_N - 1)} extra layer calls per step "
+          f"({STEPS_K} steps x {POOL_N - 1} more layers) at the empty-group cost: {fixed:.1f} ms")
+
+
+# --- Report -----------------------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read())
+        if found:
+            return found.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def load_average() -> str:
+    try:
+        return "load average " + " ".join(f"{load:.2f}" for load in os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
+def report(trainees: list[Trainee], peaks: dict[str, float], args: argparse.Namespace) -> None:
+    on_cpu = args.device == "cpu"
+    device_name = cpu_name() if on_cpu else torch.cuda.get_device_name()
+    print(
+        f"torch {torch.__version__} | {args.device} ({device_name}, {os.cpu_count()} cores, {load_average()}) | "
+        f"{args.dtype} | {torch.get_num_threads()} threads | d_model {D_MODEL}, heads {N_HEADS}, ctx {N_CTX}, "
+        f"batch {args.batch}, vocab {D_VOCAB}; routed: pool N={POOL_N}, steps K={STEPS_K}, prefix {PREFIX} | "
+        f"step = objective fwd+bwd+AdamW | median of {args.repeats} runs x {args.steps} steps "
+        f"after {args.warmup} warm-up"
+    )
+    memory_kind = "peak RSS" if on_cpu else "peak alloc"
+    print(f"{'model':<8} {'params':>10} {'tokens/s':>9} {'ms/step':>8} {'cpu ms/step':>11} "
+          f"{memory_kind + ' +MiB':>15}  wall ms/step of each run")
+    medians: dict[str, tuple[float, float]] = {}
+    for trainee in trainees:
+        wall, cpu = statistics.median(trainee.wall_ms), statistics.median(trainee.cpu_ms)
+        medians[trainee.name] = (wall, cpu)
+        parameters = sum(p.numel() for p in trainee.model.parameters())
+        runs = " ".join(f"{run:.0f}" for run in trainee.wall_ms)
+        cpu_text = f"{cpu:.1f}" if on_cpu else "-"
+        print(f"{trainee.name:<8} {parameters:>10,} {args.batch * N_CTX / (wall / 1000.0):>9,.0f} {wall:>8.1f} "
+              f"{cpu_text:>11} {peaks[trainee.name]:>15.1f}  {runs}")
+    routed = medians["routed"]
+    for other, goal in (("plain-4", ROUTED_VS_PLAIN4_GOAL), ("plain-8", None)):
+        wall_ratio = routed[0] / medians[other][0]
+        cpu_note = f"; by CPU time {routed[1] / medians[other][1]:.2f}x" if on_cpu else ""
+        memory_ratio = peaks["routed"] / peaks[other] if peaks[other] > 0 else float("nan")
+        if goal is None:
+            verdict = "no goal: same layer parameters, twice the layer compute"
+        else:
+            ratio = routed[1] / medians[other][1] if on_cpu else wall_ratio
+            met = "meets goal" if ratio <= goal else "MISSES goal"
+            verdict = f"goal <= {goal:.1f}x ({'CPU' if on_cpu else 'wall'} time): {met}"
+        print(f"routed vs {other}, time: {wall_ratio:.2f}x{cpu_note}  ({verdict}); memory {memory_ratio:.2f}x")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: autocast, as `transformer train` does (weights stay float32)")
+    parser.add_argument("--batch", type=int, default=12, help="sequences per step")
+    parser.add_argument("--steps", type=int, default=5, help="training steps per timed run")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per model; the median is reported")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model before timing")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--profile", action="store_true", help="then split a routed step into its pieces")
+    parser.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)  # child process
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if min(args.steps, args.repeats, args.batch) < 1 or args.warmup < 0:
+        print("--steps, --repeats and --batch must be >= 1, --warmup >= 0", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device is available", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.memory_of is not None:
+        print(peak_memory_mib(args.memory_of, args))
+        return 0
+    child_argv = [arg for arg in argv if arg != "--profile"]
+    peaks = {name: peak_memory_in_child(name, child_argv) for name in MODELS}
+    report(time_models(args), peaks, args)
+    if args.profile:
+        profile_routed(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
