@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer.route_analysis import mutual_information, shuffled_baseline
 
 from transformer.builtin_corpus import builtin_documents
 from transformer.lm_loss import lm_loss
 from transformer.loading import load_trained
+from transformer.route_analysis import mutual_information
 from transformer.routed_decoder import RoutedDecoder
 from transformer.routing_losses import entropy
 from transformer.run_log import active_parameters, flops_per_token
@@ -106,14 +106,14 @@ def score(plan: Plan, windows: torch.Tensor, labels: torch.Tensor) -> dict[str, 
     if isinstance(model, RoutedDecoder):
         logits, info = model(inputs)
         paths = info.layer_choices
-        path_ids = (paths * POOL ** torch.arange(paths.shape[1])).sum(dim=1)  # one id per path
+        path_list = [tuple(row) for row in paths.tolist()]
         usage = info.counts / info.counts.sum(-1, keepdim=True)
-        mi = mutual_information(path_ids, labels)
-        baseline_mean, baseline_std = shuffled_baseline(path_ids, labels, permutations=100, seed=plan.seed)
+        mi = mutual_information(path_list, labels.tolist(), permutations=100, seed=plan.seed)
         result.update(usage_entropy=float(entropy(usage).mean()),
-                      decision_entropy=float(entropy(info.probabilities).mean()),
-                      route_label_mi=mi, mi_shuffled=baseline_mean, mi_shuffled_std=baseline_std,
-                      distinct_paths=len(set(map(tuple, paths.tolist()))))
+                      route_label_mi=mi.observed, mi_shuffled=mi.shuffled_mean, mi_excess=mi.excess,
+                      mi_p_value=mi.p_value, distinct_paths=len(set(path_list)))
+        if plan.variant == "learned":  # the baselines' router is never consulted
+            result["decision_entropy"] = float(entropy(info.probabilities).mean())
     else:
         logits = model(inputs)
     result["val_loss"] = float(lm_loss(logits, targets, first_target=PREFIX))
@@ -165,7 +165,7 @@ def summarise(results: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--budget-tokens", type=int, default=600_000,
+    parser.add_argument("--budget-tokens", type=int, default=1_000_000,
                         help="training tokens of the routed model; the others get the same FLOPs")
     parser.add_argument("--out", type=Path, default=Path("runs/routing-vs-baselines"))
     parser.add_argument("--device", default="cpu")

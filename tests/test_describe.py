@@ -57,7 +57,7 @@ def test_every_layer_appears_in_call_order_with_its_shapes() -> None:
     by_name = {row["module"]: row for row in rows}
     for i in range(N_LAYERS):
         attn, mlp = by_name[f"layers.{i}.attn"], by_name[f"layers.{i}.mlp"]
-        assert (attn["class"], attn["input"], attn["output"]) == ("Attention", f"{stream}, None", stream)
+        assert (attn["class"], attn["input"], attn["output"]) == ("Attention", stream, stream)
         assert (mlp["class"], mlp["input"], mlp["output"]) == ("MLP", stream, stream)
         assert int(attn["params"].replace(",", "")) == 4 * D_MODEL * D_MODEL + 3 * D_MODEL + D_MODEL
     assert by_name["unembed"]["output"] == str([BATCH, POS, D_VOCAB])

@@ -160,3 +160,36 @@ def test_lm_loss_scores_only_targets_from_the_routing_prefix_on() -> None:
     torch.testing.assert_close(lm_loss(spoiled, targets, first_target=prefix), scored)
     torch.testing.assert_close(lm_loss(logits, targets), torch.nn.functional.cross_entropy(
         logits.flatten(0, 1), targets.flatten()))
+
+
+def test_fixed_policy_is_the_in_order_route_and_the_router_gets_no_task_gradient() -> None:
+    torch.manual_seed(6)
+    plain = Decoder(tiny_config())
+    routed = routed_copy_of(plain, RoutingConfig(pool_size=3, route_prefix_len=4, route_policy="fixed"))
+    _prime_router(routed)
+    tokens = torch.randint(0, 23, (4, 12))
+    logits, info = routed(tokens)
+    assert info.layer_choices.tolist() == [[0, 1, 2]] * 4
+    assert torch.equal(logits, plain(tokens))
+    logits.sum().backward()
+    assert routed.router.W_R.grad is None  # the gate carries no score: nothing reaches the router
+
+
+def test_random_policy_draws_uniform_routes_and_evaluation_repeats_its_own() -> None:
+    torch.manual_seed(7)
+    routed = RoutedDecoder(tiny_config(), RoutingConfig(pool_size=4, route_prefix_len=4, route_policy="random"))
+    _prime_router(routed)  # a strongly opinionated router, ignored by the random policy
+    tokens = torch.randint(0, 23, (500, 12))
+    routed.train()
+    state = routed.router.generator.get_state()
+    _, info = routed(tokens)
+    frequencies = torch.bincount(info.layer_choices.flatten(), minlength=4).float() / info.layer_choices.numel()
+    torch.testing.assert_close(frequencies, torch.full((4,), 0.25), rtol=0, atol=0.04)  # 1500 draws: SE 0.011
+    assert not torch.equal(routed.router.generator.get_state(), state)
+    routed.eval()
+    state = routed.router.generator.get_state()
+    _, first = routed(tokens)
+    _, second = routed(tokens)
+    assert torch.equal(first.layer_choices, second.layer_choices)
+    assert torch.equal(routed.router.generator.get_state(), state), "evaluation leaves training's stream alone"
+    assert len(set(first.layer_choices[:, 0].tolist())) == 4

@@ -66,16 +66,13 @@ class Attention(nn.Module):
             q = self._project(x, self.W_Q, self.b_Q)
             k = self._project(x, self.W_K, self.b_K)
             v = self._project(x, self.W_V, self.b_V)
-        # New positions start at `offset`. Without a cache the calls are the ones they always
-        # were (describe() lists the arguments each module is called with).
+        # new positions start at `offset` (0 without a cache)
         if self.rotary is not None:
-            q, k = (self.rotary(q, offset), self.rotary(k, offset)) if offset else (self.rotary(q), self.rotary(k))
+            q, k = self.rotary(q, offset), self.rotary(k, offset)
         if cache is not None:
             k, v = cache.append(k, v)  # from here on, keys and values of all offset + pos positions
         allowed = self._allowed(x.shape[1], key_padding_mask, x.device, offset)
-        bias = None
-        if self.alibi is not None:
-            bias = self.alibi(x.shape[1], k.shape[2], offset) if offset else self.alibi(x.shape[1], x.shape[1])
+        bias = self.alibi(x.shape[1], k.shape[2], offset) if self.alibi is not None else None
         if self.fast:
             return self._write_at_once(self._fast_mix(q, k, v, allowed, bias, key_padding_mask))
         z = self._readable_mix(q, k, v, allowed, bias)

@@ -52,7 +52,7 @@ class DecoderEnds(nn.Module):
             )
         resid: Tensor = self.embed(tokens)
         if self.pos_embed is not None:
-            resid = resid + (self.pos_embed(tokens, offset) if offset else self.pos_embed(tokens))
+            resid = resid + self.pos_embed(tokens, offset)
         return F.dropout(resid, self.cfg.dropout, self.training)
 
     def logits(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
@@ -73,8 +73,5 @@ class Decoder(DecoderEnds):
     ) -> Float[Tensor, "batch pos d_vocab"]:
         resid = self.embed_tokens(tokens, cache.length if cache is not None else 0)
         for index, layer in enumerate(self.layers):
-            if cache is None:
-                resid = layer(resid, key_padding_mask)
-            else:
-                resid = layer(resid, key_padding_mask, cache.layers[index])
+            resid = layer(resid, key_padding_mask, cache.layers[index] if cache is not None else None)
         return self.logits(resid)

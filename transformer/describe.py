@@ -43,7 +43,9 @@ def describe(model: nn.Module, tokens: Int[Tensor, "batch pos"]) -> str:
         counted.update(id(p) for p in own)
         first_call = id(module) not in seen
         seen.add(id(module))
-        shown = [_shape(arg) for arg in args] + [f"{key}={_shape(value)}" for key, value in kwargs.items()]
+        # tensors only: options such as a mask left at None or a position offset are not shapes
+        shown = [_shape(arg) for arg in args if _has_tensor(arg)]
+        shown += [f"{key}={_shape(value)}" for key, value in kwargs.items() if _has_tensor(value)]
         call = _Call(
             name=names[module],
             kind=type(module).__name__,
@@ -67,6 +69,10 @@ def describe(model: nn.Module, tokens: Int[Tensor, "batch pos"]) -> str:
         for handle in handles:
             handle.remove()
     return _table(calls, model)
+
+
+def _has_tensor(value: object) -> bool:
+    return isinstance(value, Tensor) or (isinstance(value, tuple | list) and any(map(_has_tensor, value)))
 
 
 def _shape(value: object) -> str:

@@ -5,6 +5,8 @@ it never shifts the training run's random streams (a resumed run stays exact).
 """
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -65,17 +67,25 @@ def evaluate(
     return result
 
 
-def _sampled_route_loss(model: RoutedDecoder, batches: list[Tensor], samples: int, seed: int) -> float:
-    """Routes drawn as in training (Gumbel at the current temperature), dropout off, from an
-    evaluation generator swapped in for the router's own."""
-    training_generator = model.router.generator
+@contextmanager
+def sampled_routes(model: RoutedDecoder, seed: int) -> Iterator[None]:
+    """Routes drawn as in training (Gumbel-argmax at the router's temperature) from a generator
+    seeded with `seed`, swapped in for the router's own, the rest of the model in eval mode
+    (no dropout): evaluating never shifts the training run's routing stream."""
+    own_generator, was_training = model.router.generator, model.training
+    model.eval()
     model.router.generator = torch.Generator().manual_seed(seed)
     model.router.train()
     try:
-        losses = [compute_objective(model, tokens).lm_loss.float() for tokens in batches for _ in range(samples)]
+        yield
     finally:
-        model.router.eval()
-        model.router.generator = training_generator
+        model.router.generator = own_generator
+        model.train(was_training)
+
+
+def _sampled_route_loss(model: RoutedDecoder, batches: list[Tensor], samples: int, seed: int) -> float:
+    with sampled_routes(model, seed):
+        losses = [compute_objective(model, tokens).lm_loss.float() for tokens in batches for _ in range(samples)]
     return _global_mean(_stack_or_empty(losses, next(model.parameters()).device))
 
 

@@ -33,11 +33,7 @@ class TransformerLayer(nn.Module):
         key_padding_mask: Bool[Tensor, "batch pos"] | None = None,
         cache: LayerCache | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
-        normed = self.ln1(resid)
-        if cache is None:  # the call it always was: describe() shows the same arguments
-            attn_out = self.attn(normed, key_padding_mask)
-        else:
-            attn_out = self.attn(normed, key_padding_mask, cache)
+        attn_out = self.attn(self.ln1(resid), key_padding_mask, cache)
         resid = resid + F.dropout(attn_out, self.dropout, self.training)
         if self.mlp is not None and self.ln2 is not None:
             mlp_out = self.mlp(self.ln2(resid))

@@ -17,8 +17,7 @@ Entropies and MI here are in bits; `routing_losses` (training's own metrics) use
 
 import math
 from collections import Counter
-from collections.abc import Hashable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from transformer.decoder import DecoderEnds
+from transformer.evaluation import sampled_routes
 from transformer.lm_loss import lm_loss
 from transformer.routed_decoder import RoutedDecoder
 from transformer.tokenizer import TextTokenizer
@@ -64,21 +64,6 @@ def pick_windows(
 
 
 # --- losses on chosen targets ----------------------------------------------------------------
-
-
-@contextmanager
-def sampled_routes(model: RoutedDecoder, seed: int) -> Iterator[None]:
-    """Routes drawn as in training (Gumbel-argmax at the router's temperature) from a generator
-    seeded with `seed`, the rest of the model in eval mode; as evaluation.py draws them."""
-    own_generator, was_training = model.router.generator, model.training
-    model.eval()
-    model.router.generator = torch.Generator().manual_seed(seed)
-    model.router.train()
-    try:
-        yield
-    finally:
-        model.router.generator = own_generator
-        model.train(was_training)
 
 
 @torch.no_grad()

@@ -52,6 +52,7 @@ class RoutedDecoder(DecoderEnds):
         self.router = Router(cfg, routing)
         self._window_counts: Tensor | None = None
         self._in_window = False
+        self._eval_generator = torch.Generator().manual_seed(routing.seed)
 
     @property
     def n_steps(self) -> int:
@@ -88,15 +89,14 @@ class RoutedDecoder(DecoderEnds):
         for step in range(self.n_steps):
             if fixed is None:
                 logits = self.router(resid, step)
-                choice = route[:, step] if route is not None else self.router.choose(logits)
+                choice = route[:, step] if route is not None else self._choose(logits, step)
                 probabilities = self.router.probabilities(logits)
             else:  # the prefix was read on the first call; these tokens come after it
                 choice, logits, probabilities = fixed.at(step)
-            if cache is None:
-                layer_out = self.pool(resid, choice, key_padding_mask)
-            else:
-                layer_out = self.pool(resid, choice, key_padding_mask, cache.layers[step])
-            resid = gate(resid, layer_out, choice_score(probabilities, choice, self.routing.gradient))
+            layer_out = self.pool(resid, choice, key_padding_mask, cache.layers[step] if cache is not None else None)
+            learned = self.routing.route_policy == "learned"
+            score = choice_score(probabilities, choice, self.routing.gradient) if learned else None
+            resid = gate(resid, layer_out, score)
             all_choices.append(choice)
             all_logits.append(logits)
             all_probabilities.append(probabilities)
@@ -107,6 +107,21 @@ class RoutedDecoder(DecoderEnds):
             cache.route = FixedRoute(choices, router_logits, router_probabilities)
         info = self._routing_info(choices, router_logits, router_probabilities)
         return self.logits(resid), info
+
+    def _choose(self, logits: Float[Tensor, "batch n_pool"], step: int) -> Int[Tensor, " batch"]:
+        """The router's choice, or a baseline policy's (`RoutingConfig.route_policy`): "fixed"
+        takes layer k at step k (mod N); "random" draws a layer uniformly, in training from the
+        router's generator, in evaluation from a fresh one seeded with `routing.seed`, so that
+        evaluating never shifts the training stream and always sees the same routes."""
+        policy, batch, pool = self.routing.route_policy, logits.shape[0], self.routing.pool_size
+        if policy == "fixed":
+            return torch.full((batch,), step % pool, dtype=torch.long, device=logits.device)
+        if policy == "random":
+            if step == 0 and not self.training:
+                self._eval_generator = torch.Generator().manual_seed(self.routing.seed)
+            generator = self.router.generator if self.training else self._eval_generator
+            return torch.randint(pool, (batch,), generator=generator).to(logits.device)
+        return self.router.choose(logits)
 
     def _routing_info(
         self,

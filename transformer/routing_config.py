@@ -11,6 +11,7 @@ from typing import Any
 from transformer.config import ConfigError, ModelConfig, checked_fields
 
 GRADIENT_CHOICES = ("p", "log_p", "log_p_baseline", "none")
+POLICY_CHOICES = ("learned", "random", "fixed")
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class RoutingConfig:
     balance_weight: float = 1e-2
     z_loss_weight: float = 1e-3
     gradient: str = "log_p_baseline"  # how the task loss reaches the router; "none": control
+    route_policy: str = "learned"  # baselines: "random" (uniform per step), "fixed" (step k -> layer k mod N)
     seed: int = 0  # seeds the router's own generator (mixed with the rank: see distributed.stream_seed)
 
     def __post_init__(self) -> None:
@@ -40,6 +42,8 @@ class RoutingConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
         if self.gradient not in GRADIENT_CHOICES:
             raise ConfigError(f"gradient={self.gradient!r} is not one of {list(GRADIENT_CHOICES)}")
+        if self.route_policy not in POLICY_CHOICES:
+            raise ConfigError(f"route_policy={self.route_policy!r} is not one of {list(POLICY_CHOICES)}")
 
     def check_fits(self, model: ModelConfig) -> None:
         if self.route_prefix_len > model.n_ctx:

@@ -43,7 +43,27 @@ def _finite(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The log's records (lines torn by a crash are skipped: see `read_records`)."""
+    return read_records(path)[0]
+
+
+def read_records(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of a metrics log, and the numbers of the lines that are not JSON objects: a
+    line torn by a crash (the process killed mid-write, then resumed, appending after the
+    fragment) is skipped and reported rather than making the whole log unreadable."""
+    records, torn = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            torn.append(number)
+    return records, torn
 
 
 def flops_per_token(active_parameters: int, n_layers: int, d_model: int, n_ctx: int) -> float:

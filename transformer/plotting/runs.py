@@ -14,7 +14,6 @@ what this module measures, so the numbers can be tested without looking at a pic
 - Routes: the argmax path of each validation window, from the latest checkpoint.
 """
 
-import json
 import math
 import re
 from collections import Counter
@@ -27,7 +26,7 @@ import torch
 from transformer import checkpoint as ckpt
 from transformer.distributed import VAL_WINDOWS_STREAM, stream_seed
 from transformer.routed_decoder import RoutedDecoder
-from transformer.run_log import active_parameters, flops_per_token
+from transformer.run_log import active_parameters, flops_per_token, read_records
 from transformer.tokenizer import TextTokenizer
 from transformer.train_config import RunConfig
 from transformer.trainer import build_model, cache_dir
@@ -78,27 +77,6 @@ def last_per_step(records: list[dict[str, Any]], kind: str) -> list[dict[str, An
     """The records of `kind`, the last one written for each step, sorted by step."""
     latest = {record["step"]: record for record in records if record.get("kind") == kind and "step" in record}
     return [latest[step] for step in sorted(latest)]
-
-
-def read_records(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """The records of a metrics log, and the numbers of the lines that are not JSON objects.
-
-    Like `run_log.read_log`, but a line torn by a crash (the process killed mid-write, then
-    resumed, appending after the fragment) is skipped and reported instead of ending the plot.
-    """
-    records, torn = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            torn.append(number)
-    return records, torn
 
 
 def load_history(run_dir: Path, label: str) -> RunHistory:
