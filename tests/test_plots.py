@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.tiny_runs import tiny_run_config
+from tests.helpers.tiny_runs import STILL_ROUTES, prime_routers, tiny_run_config
 from transformer.cli import main
 from transformer.loading import load_trained
 from transformer.plotting import figures
@@ -30,9 +30,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     root = tmp_path_factory.mktemp("plot_runs")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRANSFORMER_CACHE", str(root / "cache"))
+        prime_routers(patch)
         made = {}
         for name, routed in (("routed", True), ("plain", False)):
-            config = tiny_run_config(root / name, routed, "train.eval_batches=8")
+            config = tiny_run_config(root / name, routed, "train.eval_batches=8", *STILL_ROUTES)
             made[name] = Path(train(config).run_dir)
         yield made
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers.tiny_runs import tiny_run_config
+from tests.helpers.tiny_runs import STILL_ROUTES, prime_routers, tiny_run_config
 from transformer.builtin_corpus import builtin_documents
 from transformer.cli import main
 from transformer.trainer import train
@@ -27,9 +27,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
     sources["types"].write_text("\n\n".join(documents[44:48]), encoding="utf-8")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRANSFORMER_CACHE", str(root / "cache"))
+        prime_routers(patch)
         folders = dict(sources)
         for kind in ("routed", "plain"):
-            config = tiny_run_config(root / kind, kind == "routed")
+            config = tiny_run_config(root / kind, kind == "routed", *STILL_ROUTES)
             train(config)
             folders[kind] = Path(config.train.out_dir)
         yield folders
