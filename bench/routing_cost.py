@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import os
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import cpu_name, load_average, proc_status_kib, reset_peak_rss, sync
 from torch import Tensor, nn
 
 from transformer import objective as objective_module
@@ -84,9 +84,6 @@ def autocast(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]
     return contextlib.nullcontext()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass
@@ -117,21 +114,8 @@ def build_trainee(name: str, args: argparse.Namespace) -> Trainee:
 # --- Memory -----------------------------------------------------------------------------------
 
 
-def _proc_status_kib(key: str) -> int:
-    with open("/proc/self/status") as status:
-        found = re.search(rf"{key}:\s+(\d+)", status.read())
-    if found is None:
-        raise OSError(f"no {key} in /proc/self/status")
-    return int(found.group(1))
 
 
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # "5" resets VmHWM (the peak RSS) to the current RSS
-        return True
-    except OSError:
-        return False
 
 
 def peak_memory_mib(name: str, args: argparse.Namespace) -> float:
@@ -145,15 +129,15 @@ def peak_memory_mib(name: str, args: argparse.Namespace) -> float:
         torch.cuda.reset_peak_memory_stats(device)
         start = torch.cuda.memory_allocated(device)
     else:
-        hwm_reset = sys.platform == "linux" and _reset_peak_rss()
-        start = _proc_status_kib("VmRSS") * 1024 if hwm_reset else 0
+        hwm_reset = sys.platform == "linux" and reset_peak_rss()
+        start = proc_status_kib("VmRSS") * 1024 if hwm_reset else 0
     for _ in range(max(args.warmup, 2)):  # AdamW allocates its moments in the first step
         trainee.step(tokens, args)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
     elif hwm_reset:
-        peak = _proc_status_kib("VmHWM") * 1024
+        peak = proc_status_kib("VmHWM") * 1024
     else:
         max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peak = max_rss if platform.system() == "Darwin" else max_rss * 1024  # bytes vs KiB
@@ -173,11 +157,11 @@ def peak_memory_in_child(name: str, argv: Sequence[str]) -> float:
 
 def timed_run(trainee: Trainee, tokens: Tensor, args: argparse.Namespace, route: Tensor | None = None) -> None:
     device = torch.device(args.device)
-    _sync(device)
+    sync(device)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         trainee.step(tokens, args, route)
-    _sync(device)
+    sync(device)
     trainee.wall_ms.append((time.perf_counter() - wall) * 1000.0 / args.steps)
     trainee.cpu_ms.append((time.process_time() - cpu) * 1000.0 / args.steps)
 
@@ -210,11 +194,11 @@ class Stopwatch:
         self._started: dict[str, float] = {}
 
     def start(self, name: str) -> None:
-        _sync(self.device)
+        sync(self.device)
         self._started[name] = self.clock()
 
     def stop(self, name: str) -> None:
-        _sync(self.device)
+        sync(self.device)
         self.total_ms[name] += (self.clock() - self._started.pop(name)) * 1000.0
         self.calls[name] += 1
 
@@ -294,14 +278,14 @@ def layer_call_ms(batch: int, args: argparse.Namespace, calls: int) -> float:
     x = torch.randn(batch, N_CTX, D_MODEL, device=device, requires_grad=True)
     runs = []
     for repeat in range(args.repeats + 1):
-        _sync(device)
+        sync(device)
         clock = time.process_time if device.type == "cpu" else time.perf_counter
         began = clock()
         for _ in range(calls):
             with autocast(args):
                 out = layer(x)
             out.float().sum().backward()
-        _sync(device)
+        sync(device)
         if repeat:  # the first run warms up
             runs.append((clock() - began) * 1000.0 / calls)
     return statistics.median(runs)
@@ -376,22 +360,8 @@ def profile_routed(args: argparse.Namespace) -> None:
 # --- Report -----------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read())
-        if found:
-            return found.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
-def load_average() -> str:
-    try:
-        return "load average " + " ".join(f"{load:.2f}" for load in os.getloadavg())
-    except OSError:
-        return "load average unknown"
 
 
 def report(trainees: list[Trainee], peaks: dict[str, float], args: argparse.Namespace) -> None:

@@ -28,7 +28,6 @@ Run from the repository root:  python bench/throughput.py [--device cuda] [--dty
 
 import argparse
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from gpt_baseline import BaselineGPT
+from machine import cpu_name, proc_status_kib, reset_peak_rss, sync
 from torch import Tensor, nn
 
 from transformer.config import ModelConfig
@@ -86,29 +86,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, tokens: Tenso
     return loss.detach()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --- Memory -----------------------------------------------------------------------------------
 
 
-def _proc_status_kib(key: str) -> int:
-    with open("/proc/self/status") as status:
-        found = re.search(rf"{key}:\s+(\d+)", status.read())
-    if found is None:
-        raise OSError(f"no {key} in /proc/self/status")
-    return int(found.group(1))
 
 
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # "5": reset the peak RSS (VmHWM) to the current RSS
-        return True
-    except OSError:
-        return False
 
 
 class PeakMemory:
@@ -125,15 +109,15 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_bytes = torch.cuda.memory_allocated(self.device)
         elif sys.platform == "linux":
-            self.hwm_reset = _reset_peak_rss()
-            self.start_bytes = _proc_status_kib("VmRSS") * 1024
+            self.hwm_reset = reset_peak_rss()
+            self.start_bytes = proc_status_kib("VmRSS") * 1024
 
     def stop_mib(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
         elif self.hwm_reset:
-            peak = _proc_status_kib("VmHWM") * 1024
+            peak = proc_status_kib("VmHWM") * 1024
         else:
             max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             peak = max_rss if platform.system() == "Darwin" else max_rss * 1024  # bytes vs KiB
@@ -195,11 +179,11 @@ def time_paths(args: argparse.Namespace) -> list[Trainee]:
     for repeat in range(args.repeats):
         for i in range(len(trainees)):
             trainee = trainees[(i + repeat) % len(trainees)]
-            _sync(device)
+            sync(device)
             wall, cpu = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 loss = train_step(trainee.model, trainee.optimizer, tokens, targets)
-            _sync(device)
+            sync(device)
             trainee.wall_ms.append((time.perf_counter() - wall) * 1000.0 / args.steps)
             trainee.cpu_ms.append((time.process_time() - cpu) * 1000.0 / args.steps)
             trainee.loss = float(loss)
@@ -231,15 +215,6 @@ class Result:
         return BATCH * N_CTX / (self.ms_per_step / 1000.0)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read())
-        if found:
-            return found.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def report(results: dict[str, Result], args: argparse.Namespace) -> None:

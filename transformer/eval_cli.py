@@ -19,13 +19,10 @@ Heavy imports happen inside the handler, so `transformer --help` stays fast.
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
-
-class CommandError(Exception):
-    """A request that cannot be carried out as given; a one-line message that says why."""
+from transformer.cli_errors import CommandError, report
 
 
 def add_eval_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -52,18 +49,12 @@ def add_eval_command(commands: "argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from transformer.checkpoint import CheckpointError
-    from transformer.config import ConfigError
-    from transformer.data import DataError
-    from transformer.tokenizer import TokenizerError
-
-    try:
+    def action() -> int:
         record = evaluate_command(args)
-    except (CommandError, CheckpointError, DataError, ConfigError, TokenizerError) as error:
-        print(f"transformer eval: error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(record) if args.json else summary(record))
-    return 0
+        print(json.dumps(record) if args.json else summary(record))
+        return 0
+
+    return report("eval", action)
 
 
 def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from transformer.cli_errors import report
+
 if TYPE_CHECKING:
     import torch
 
@@ -77,24 +79,21 @@ def run_generate_command(args: argparse.Namespace) -> int:
     """Runs `generate` or `chat`; 0 on success, 2 (one line on stderr) on a user error."""
     import torch
 
-    from transformer.checkpoint import CheckpointError
-    from transformer.generation import GenerationError
     from transformer.loading import load_trained
-    from transformer.tokenizer import TokenizerError
 
     settings = Settings(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     generator = torch.Generator().manual_seed(args.seed)
-    try:
+
+    def action() -> int:
         settings.check()
         run = load_trained(args.run, args.checkpoint, args.device)
         if args.command == "generate":
             print(continuation(run, args.prompt, settings, generator))
         else:
             chat(run, settings, generator, sys.stdin)
-    except (CheckpointError, GenerationError, TokenizerError) as error:
-        print(f"transformer {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return report(args.command, action)
 
 
 def continuation(run: "TrainedRun", prompt: str, settings: Settings, generator: "torch.Generator") -> str:

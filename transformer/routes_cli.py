@@ -11,11 +11,10 @@ Heavy imports happen inside the handler, so `transformer --help` stays fast.
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
-from transformer.eval_cli import CommandError
+from transformer.cli_errors import CommandError, report
 
 
 def add_routes_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -38,18 +37,12 @@ def add_routes_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def run_routes(args: argparse.Namespace) -> int:
-    from transformer.checkpoint import CheckpointError
-    from transformer.config import ConfigError
-    from transformer.data import DataError
-    from transformer.tokenizer import TokenizerError
-
-    try:
+    def action() -> int:
         record = routes_command(args)
-    except (CommandError, CheckpointError, DataError, ConfigError, TokenizerError) as error:
-        print(f"transformer routes: error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(record) if args.json else summary(record))
-    return 0
+        print(json.dumps(record) if args.json else summary(record))
+        return 0
+
+    return report("routes", action)
 
 
 def routes_command(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """`transformer train`: argument parsing and one-line errors around `trainer.train`."""
 
 import argparse
-import sys
 from pathlib import Path
+
+from transformer.cli_errors import report
 
 
 def add_train_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -23,17 +24,12 @@ def add_train_command(commands: "argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from transformer.checkpoint import CheckpointError
-    from transformer.config import ConfigError
-    from transformer.data import DataError
-    from transformer.tokenizer import TokenizerError
     from transformer.train_config import load_run_config
-    from transformer.trainer import TrainingError, train
+    from transformer.trainer import train
 
-    try:
+    def action() -> int:
         config = load_run_config(args.config, args.overrides)
         result = train(config, resume=args.resume, stop_at=args.stop_at)
-    except (ConfigError, DataError, CheckpointError, TrainingError, TokenizerError) as error:
-        print(f"transformer train: error: {error}", file=sys.stderr)
-        return 2
-    return 130 if result.interrupted else 0
+        return 130 if result.interrupted else 0
+
+    return report("train", action)
