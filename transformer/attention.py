@@ -151,7 +151,10 @@ class Attention(nn.Module):
         # pass; such rows are zeroed below.
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
         probabilities = scores.softmax(dim=-1)
-        return probabilities * allowed.any(dim=-1, keepdim=True)
+        has_a_key = allowed.any(dim=-1, keepdim=True)
+        if bool(has_a_key.all()):  # always, without padding: the diagonal is allowed
+            return probabilities
+        return probabilities * has_a_key
 
     def _readable_mix(
         self,
