@@ -126,3 +126,28 @@ def test_cli_trains_and_reports_errors_in_one_line(tmp_path: Path, capsys: pytes
     # resuming with a different model is refused, not silently mixed
     assert main(["train", *common, "--set", "model.d_model=32", "--resume", "latest"]) == 2
     assert "model config differs" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import transformer.trainer as trainer_module
+
+    real = trainer_module.compute_objective
+    calls = {"n": 0}
+
+    def interrupted_on_the_fourth_step(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "compute_objective", interrupted_on_the_fourth_step)
+    config = tiny_run_config(tmp_path, True, "train.checkpoint_interval=100", "train.eval_interval=100")
+    result = train(config)
+    assert result.interrupted and result.steps == 3
+    assert "interrupted at step 3: saving a checkpoint" in capsys.readouterr().err
+    run_dir = Path(config.train.out_dir)
+    assert ckpt.read_state(ckpt.resolve(run_dir, "latest"))["step"] == 3
+    monkeypatch.setattr(trainer_module, "compute_objective", real)
+    assert train(config, resume="latest").steps == 6

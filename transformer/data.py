@@ -90,7 +90,9 @@ def _load_hf(source: str) -> list[str]:
     try:
         import datasets  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
-        raise DataError(f"{source} needs the optional `datasets` package: pip install datasets") from None
+        raise DataError(
+            f"{source} needs the optional `datasets` package: pip install 'transformer[datasets]'"
+        ) from None
     try:
         rows = datasets.load_dataset(name, split=split)
     except Exception as error:  # offline, unknown name or split: datasets raises many kinds
