@@ -118,11 +118,15 @@ def test_cli_trains_and_reports_errors_in_one_line(tmp_path: Path, capsys: pytes
     assert (Path(out) / "metrics.jsonl").is_file()
     assert main(["train", *common, "--set", "train.max_stepz=3"]) == 2
     assert "error: unknown train setting(s) ['max_stepz']" in capsys.readouterr().err
-    assert main(["train", *common, "--set", f"train.data={tmp_path / 'missing.txt'}"]) == 2
+    assert main(["train", *common, "--set", f"train.out_dir={tmp_path / 'other'}",
+                 "--set", f"train.data={tmp_path / 'missing.txt'}"]) == 2
     err = capsys.readouterr().err
     assert "missing.txt" in err and "Traceback" not in err
     assert main(["train", *common, "--set", f"train.out_dir={tmp_path / 'empty'}", "--resume", "latest"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    # a second fresh run into the same folder is refused: it would overwrite the first's checkpoints
+    assert main(["train", *common]) == 2
+    assert "already holds a run (checkpoints up to step_0000004)" in capsys.readouterr().err
     # resuming with a different model is refused, not silently mixed
     assert main(["train", *common, "--set", "model.d_model=32", "--resume", "latest"]) == 2
     assert "model config differs" in capsys.readouterr().err
@@ -151,3 +155,14 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it(
     assert ckpt.read_state(ckpt.resolve(run_dir, "latest"))["step"] == 3
     monkeypatch.setattr(trainer_module, "compute_objective", real)
     assert train(config, resume="latest").steps == 6
+
+
+def test_a_fresh_run_moves_aside_the_log_of_a_run_that_died_before_any_checkpoint(tmp_path: Path) -> None:
+    config = tiny_run_config(tmp_path, False, "train.max_steps=2")
+    run_dir = Path(config.train.out_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 9.0}\n')
+    train(config)
+    moved = list(run_dir.glob("metrics.before-*.jsonl"))
+    assert len(moved) == 1 and "9.0" in moved[0].read_text()
+    assert [r["step"] for r in read_log(run_dir / "metrics.jsonl") if r["kind"] == "train"] == [1, 2]

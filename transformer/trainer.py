@@ -88,6 +88,8 @@ class _Run:
         state = self._resume_state(resume)
         if state is not None:
             _check_same_model(RunConfig.from_dict(state["config"]), config)
+        else:
+            self._check_fresh_run_dir()
         self.config = config
         self.tokenizer = self._tokenizer(state)
         self.data = self._data()
@@ -121,6 +123,21 @@ class _Run:
             return None
         self.checkpoint = ckpt.resolve(self.run_dir, resume)
         return ckpt.read_state(self.checkpoint)
+
+    def _check_fresh_run_dir(self) -> None:
+        """A new run never overwrites an old one's checkpoints, nor mixes its log with them."""
+        found = ckpt.step_checkpoints(self.run_dir)
+        if found:
+            raise TrainingError(
+                f"{self.run_dir} already holds a run (checkpoints up to {found[-1].name}): continue it with "
+                "--resume latest, or start a new one elsewhere with --set train.out_dir=PATH"
+            )
+        old_log = self.run_dir / "metrics.jsonl"
+        self._barrier()  # every rank has looked before rank 0 moves anything
+        if self.process.is_main and old_log.exists():  # a run that died before its first checkpoint
+            kept = old_log.with_name(f"metrics.before-{int(time.time())}.jsonl")
+            old_log.rename(kept)
+            print(f"note: {old_log} of an unfinished earlier run moved to {kept.name}", file=sys.stderr)
 
     def _tokenizer(self, state: dict[str, Any] | None) -> TextTokenizer:
         if state is not None:
