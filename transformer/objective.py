@@ -21,10 +21,13 @@ class Objective:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model itself, whether or not DistributedDataParallel wraps it."""
-    inner = getattr(model, "module", model)
-    assert isinstance(inner, nn.Module)
-    return inner
+    """The model itself, under any wrappers: torch.compile's (`_orig_mod`) and
+    DistributedDataParallel's (`module`)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 def first_scored_target(model: nn.Module) -> int:
