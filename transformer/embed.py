@@ -17,11 +17,13 @@ class Embed(nn.Module):
         self.W_E = nn.Parameter(torch.randn(d_vocab, d_model) * init_std)
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.W_E.shape[0]):
-            raise IndexError(
-                f"token ids must lie in [0, {self.W_E.shape[0]}); got min {int(tokens.min())}, "
-                f"max {int(tokens.max())}: is the tokenizer's vocabulary larger than d_vocab?"
-            )
+        if tokens.numel():
+            low, high = (int(bound) for bound in torch.aminmax(tokens))
+            if low < 0 or high >= self.W_E.shape[0]:
+                raise IndexError(
+                    f"token ids must lie in [0, {self.W_E.shape[0]}); got min {low}, max {high}: "
+                    "is the tokenizer's vocabulary larger than d_vocab?"
+                )
         return self.W_E[tokens]
 
 
