@@ -175,6 +175,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.budget_tokens, args.eval_windows = [0], 20_000, 64
+    if args.out.exists() and any(args.out.iterdir()):
+        parser.error(f"{args.out} is not empty: give a new --out (runs are never overwritten)")
     plans = plan_runs(args)
     print(f"{len(plans)} runs; steps per variant: " + ", ".join(
         f"{p.variant}={p.config.train.max_steps}" for p in plans if p.seed == args.seeds[0]))
