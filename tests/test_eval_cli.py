@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.cli import run_cli
 from tests.helpers.tiny_runs import tiny_run_config
-from transformer.cli import main
 from transformer.data import load_documents, prepare_data
 from transformer.distributed import EVAL_STREAM, VAL_WINDOWS_STREAM, stream_seed
 from transformer.evaluation import evaluate
@@ -39,12 +39,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
             train(config)
             folders[kind] = Path(config.train.out_dir)
         yield folders
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def validation_windows(run_dir: Path) -> torch.Tensor:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers.cli import run_cli
 from tests.helpers.tiny_runs import STILL_ROUTES, prime_routers, tiny_run_config
 from transformer.builtin_corpus import builtin_documents
-from transformer.cli import main
 from transformer.trainer import train
 
 WINDOWS = 20
@@ -34,12 +34,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
             train(config)
             folders[kind] = Path(config.train.out_dir)
         yield folders
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def routes_args(setup: dict[str, Path], *extra: str) -> list[str]:
