@@ -89,16 +89,15 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
-    use_cache: bool = True,
 ) -> Generation:
     """The prompt plus `max_new_tokens` tokens, each drawn by `choose_next` (temperature 0:
-    greedy). `use_cache=False` runs a full forward per token: the reference the cache must equal."""
+    greedy). `sampling.sample`, a full forward per token, is the reference it must equal."""
     check_settings(max_new_tokens, temperature, top_k, top_p)
     check_prompt(model, prompt.shape[1])
     n_ctx = model.cfg.n_ctx
     was_training = model.training
     model.eval()
-    cache = KVCache(model.cfg.n_layers) if use_cache else None
+    cache: KVCache | None = KVCache(model.cfg.n_layers)
     tokens, fresh = prompt, prompt  # fresh: the tokens the cache has not seen yet
     step_logits = []
     try:

@@ -36,12 +36,12 @@ from transformer.distributed import (
     stream_seed,
 )
 from transformer.evaluation import Evaluation, evaluate
+from transformer.generation import generate
 from transformer.objective import compute_objective, first_scored_target
 from transformer.optim import learning_rate, make_optimizer
 from transformer.routed_decoder import RoutedDecoder
 from transformer.router import temperature_at
 from transformer.run_log import RunLog, active_parameters, flops_per_token, peak_flops
-from transformer.sampling import sample
 from transformer.tokenizer import TextTokenizer, train_tokenizer
 from transformer.train_config import RunConfig
 
@@ -371,9 +371,9 @@ class _Run:
         if self.settings.sample_tokens:
             prompt_len = max(first_scored_target(self.model), 8)
             prompt = torch.as_tensor(self.data.val[:prompt_len].astype("int64"))[None].to(self.process.device)
-            out = sample(self.model, prompt, self.settings.sample_tokens, temperature=0.8, top_k=40,
-                         generator=torch.Generator().manual_seed(self.settings.seed))
-            print("sample:", self.tokenizer.decode(out[0].tolist()))
+            out = generate(self.model, prompt, self.settings.sample_tokens, temperature=0.8, top_k=40,
+                           generator=torch.Generator().manual_seed(self.settings.seed))
+            print("sample:", self.tokenizer.decode(out.tokens[0].tolist()))
 
 
 def _check_same_model(saved: RunConfig, current: RunConfig) -> None:

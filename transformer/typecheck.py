@@ -11,17 +11,10 @@ quietly; with checks on they raise. `tests/test_typecheck.py` calls them to prov
 are really on, since a misconfigured checker fails silently rather than loudly.
 """
 
-import os
-
 from jaxtyping import Float, Int
 from torch import Tensor
 
 ENV_SWITCH = "TRANSFORMER_TYPECHECK"  # read in transformer/__init__.py, before this module loads
-
-
-def enable_in_children() -> None:
-    """Make processes started from here on (torchrun, mp.spawn workers) check shapes too."""
-    os.environ[ENV_SWITCH] = "1"
 
 
 def canary_wrong_return(x: Float[Tensor, "rows cols"]) -> Float[Tensor, "rows cols"]:
