@@ -42,9 +42,7 @@ class BaselineBlock(nn.Module):
 
 
 class BaselineGPT(nn.Module):
-    def __init__(
-        self, d_vocab: int, d_model: int, n_heads: int, n_layers: int, n_ctx: int, d_mlp: int
-    ) -> None:
+    def __init__(self, d_vocab: int, d_model: int, n_heads: int, n_layers: int, n_ctx: int, d_mlp: int) -> None:
         super().__init__()
         self.tok_emb = nn.Embedding(d_vocab, d_model)
         self.pos_emb = nn.Embedding(n_ctx, d_model)

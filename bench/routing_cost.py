@@ -84,8 +84,6 @@ def autocast(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]
     return contextlib.nullcontext()
 
 
-
-
 @dataclass
 class Trainee:
     """One model with its optimizer, and its timed runs (ms per step, one entry per run)."""
@@ -112,10 +110,6 @@ def build_trainee(name: str, args: argparse.Namespace) -> Trainee:
 
 
 # --- Memory -----------------------------------------------------------------------------------
-
-
-
-
 
 
 def peak_memory_mib(name: str, args: argparse.Namespace) -> float:
@@ -310,19 +304,24 @@ def profile_routed(args: argparse.Namespace) -> None:
         phase_split(plain, tokens, args, watches["plain-4"])
         with instrumented(routed.model, watches["routed"], group_sizes):
             phase_split(routed, tokens, args, watches["routed"])
-    per_step = {name: {piece: ms / args.repeats for piece, ms in watch.total_ms.items()}
-                for name, watch in watches.items()}
+    per_step = {
+        name: {piece: ms / args.repeats for piece, ms in watch.total_ms.items()} for name, watch in watches.items()
+    }
     r, p = per_step["routed"], per_step["plain-4"]
     clock = "cpu" if device.type == "cpu" else "wall"
-    print(f"\nprofile of one step, batch {args.batch}, mean of {args.repeats} instrumented steps "
-          f"({clock} ms; the hooks add a little to the routed forward):")
+    print(
+        f"\nprofile of one step, batch {args.batch}, mean of {args.repeats} instrumented steps "
+        f"({clock} ms; the hooks add a little to the routed forward):"
+    )
     print(f"{'':<40} {'plain-4':>8} {'routed':>8} {'extra':>8}")
     for phase in ("forward", "backward", "optimizer"):
         print(f"{phase:<40} {p[phase]:>8.1f} {r[phase]:>8.1f} {r[phase] - p[phase]:>+8.1f}")
     steps = args.repeats * STEPS_K
     empty = sum(1 for size in group_sizes if size == 0)
-    print(f"routed forward, by piece ({len(group_sizes) // steps} layer calls per routing step, "
-          f"{empty / steps:.1f} of them on an empty group; group sizes {min(group_sizes)} to {max(group_sizes)}):")
+    print(
+        f"routed forward, by piece ({len(group_sizes) // steps} layer calls per routing step, "
+        f"{empty / steps:.1f} of them on an empty group; group sizes {min(group_sizes)} to {max(group_sizes)}):"
+    )
     dispatch = r["pool"] - r["pool layers"]
     pieces = {
         "embed, unembed, LM loss": r["ends + LM loss"],
@@ -350,18 +349,18 @@ def profile_routed(args: argparse.Namespace) -> None:
     print(f"  cost of splitting the batch into {POOL_N} small groups    {sampled_ms - forced_ms:>+8.1f}")
     sizes = sorted({0, 1, max(1, round(args.batch / POOL_N)), args.batch})
     costs = {size: layer_call_ms(size, args, calls=10) for size in sizes}
-    print(f"  one layer, forward + backward ({clock} ms) on a group of: "
-          + ", ".join(f"{size}: {ms:.2f}" for size, ms in costs.items()))
+    print(
+        f"  one layer, forward + backward ({clock} ms) on a group of: "
+        + ", ".join(f"{size}: {ms:.2f}" for size, ms in costs.items())
+    )
     fixed = STEPS_K * (POOL_N - 1) * costs[0]
-    print(f"  fixed cost of {STEPS_K * (POOL_N - 1)} extra layer calls per step "
-          f"({STEPS_K} steps x {POOL_N - 1} more layers) at the empty-group cost: {fixed:.1f} ms")
+    print(
+        f"  fixed cost of {STEPS_K * (POOL_N - 1)} extra layer calls per step "
+        f"({STEPS_K} steps x {POOL_N - 1} more layers) at the empty-group cost: {fixed:.1f} ms"
+    )
 
 
 # --- Report -----------------------------------------------------------------------------------
-
-
-
-
 
 
 def report(trainees: list[Trainee], peaks: dict[str, float], args: argparse.Namespace) -> None:
@@ -375,8 +374,10 @@ def report(trainees: list[Trainee], peaks: dict[str, float], args: argparse.Name
         f"after {args.warmup} warm-up"
     )
     memory_kind = "peak RSS" if on_cpu else "peak alloc"
-    print(f"{'model':<8} {'params':>10} {'tokens/s':>9} {'ms/step':>8} {'cpu ms/step':>11} "
-          f"{memory_kind + ' +MiB':>15}  wall ms/step of each run")
+    print(
+        f"{'model':<8} {'params':>10} {'tokens/s':>9} {'ms/step':>8} {'cpu ms/step':>11} "
+        f"{memory_kind + ' +MiB':>15}  wall ms/step of each run"
+    )
     medians: dict[str, tuple[float, float]] = {}
     for trainee in trainees:
         wall, cpu = statistics.median(trainee.wall_ms), statistics.median(trainee.cpu_ms)
@@ -384,8 +385,10 @@ def report(trainees: list[Trainee], peaks: dict[str, float], args: argparse.Name
         parameters = sum(p.numel() for p in trainee.model.parameters())
         runs = " ".join(f"{run:.0f}" for run in trainee.wall_ms)
         cpu_text = f"{cpu:.1f}" if on_cpu else "-"
-        print(f"{trainee.name:<8} {parameters:>10,} {args.batch * N_CTX / (wall / 1000.0):>9,.0f} {wall:>8.1f} "
-              f"{cpu_text:>11} {peaks[trainee.name]:>15.1f}  {runs}")
+        print(
+            f"{trainee.name:<8} {parameters:>10,} {args.batch * N_CTX / (wall / 1000.0):>9,.0f} {wall:>8.1f} "
+            f"{cpu_text:>11} {peaks[trainee.name]:>15.1f}  {runs}"
+        )
     routed = medians["routed"]
     for other, goal in (("plain-4", ROUTED_VS_PLAIN4_GOAL), ("plain-8", None)):
         wall_ratio = routed[0] / medians[other][0]
@@ -403,8 +406,12 @@ def report(trainees: list[Trainee], peaks: dict[str, float], args: argparse.Name
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="bfloat16: autocast, as `transformer train` does (weights stay float32)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="bfloat16: autocast, as `transformer train` does (weights stay float32)",
+    )
     parser.add_argument("--batch", type=int, default=12, help="sequences per step")
     parser.add_argument("--steps", type=int, default=5, help="training steps per timed run")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per model; the median is reported")

@@ -86,13 +86,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, tokens: Tenso
     return loss.detach()
 
 
-
-
 # --- Memory -----------------------------------------------------------------------------------
-
-
-
-
 
 
 class PeakMemory:
@@ -213,8 +207,6 @@ class Result:
     @property
     def tokens_per_s(self) -> float:
         return BATCH * N_CTX / (self.ms_per_step / 1000.0)
-
-
 
 
 def report(results: dict[str, Result], args: argparse.Namespace) -> None:

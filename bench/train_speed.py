@@ -101,20 +101,22 @@ def settings(
     """The --set options of one run: the recipe, the model, and a run that only trains."""
     values: dict[str, object] = dict(RECIPE)
     values.update(ROUTED if model == "routed" else {})
-    values.update({
-        "train.data": args.data,
-        "train.max_steps": max_steps,
-        "train.warmup_steps": 0,  # the learning rate does not change the speed; keep it simple
-        "train.log_interval": 1,
-        "train.eval_interval": args.steps,  # evaluates once, after the last (timed) step
-        "train.eval_batches": 2,
-        "train.checkpoint_interval": args.steps,
-        "train.sample_tokens": 0,
-        "train.device": args.device,
-        "train.dtype": args.dtype,
-        "train.threads": threads,
-        "train.out_dir": str(out_dir),
-    })
+    values.update(
+        {
+            "train.data": args.data,
+            "train.max_steps": max_steps,
+            "train.warmup_steps": 0,  # the learning rate does not change the speed; keep it simple
+            "train.log_interval": 1,
+            "train.eval_interval": args.steps,  # evaluates once, after the last (timed) step
+            "train.eval_batches": 2,
+            "train.checkpoint_interval": args.steps,
+            "train.sample_tokens": 0,
+            "train.device": args.device,
+            "train.dtype": args.dtype,
+            "train.threads": threads,
+            "train.out_dir": str(out_dir),
+        }
+    )
     options = ["--set", "routing=null"] if model == "plain" else []
     for key, value in values.items():
         options += ["--set", f"{key}={value}"]
@@ -260,44 +262,62 @@ def threads_for(processes: int, args: argparse.Namespace) -> int:
 
 
 def report(by_key: dict[tuple[str, int], Result], timed_steps: int) -> None:
-    print(f"{'model':<7} {'procs':>5} {'threads':>7} {'params':>10} {'tokens/s':>9} {'ms/step':>8} "
-          f"{'cpu ms/step':>11} {'max RSS MiB':>11} {'sum RSS MiB':>11} {'run s':>6}")
+    print(
+        f"{'model':<7} {'procs':>5} {'threads':>7} {'params':>10} {'tokens/s':>9} {'ms/step':>8} "
+        f"{'cpu ms/step':>11} {'max RSS MiB':>11} {'sum RSS MiB':>11} {'run s':>6}"
+    )
     for (model, processes), result in by_key.items():
         run = result.first
         summed = f"{result.sum_rss_mib:.0f}" if result.sum_rss_mib is not None else "-"
-        print(f"{model:<7} {processes:>5} {run.threads:>7} {run.parameters:>10} {result.tokens_per_s:>9,.0f} "
-              f"{result.ms_per_step:>8.1f} {result.cpu_ms_per_step(timed_steps):>11.1f} "
-              f"{result.max_rss_mib:>11.0f} {summed:>11} {result.wall_s:>6.1f}")
+        print(
+            f"{model:<7} {processes:>5} {run.threads:>7} {run.parameters:>10} {result.tokens_per_s:>9,.0f} "
+            f"{result.ms_per_step:>8.1f} {result.cpu_ms_per_step(timed_steps):>11.1f} "
+            f"{result.max_rss_mib:>11.0f} {summed:>11} {result.wall_s:>6.1f}"
+        )
     for model in MODELS:
         one, two = by_key[model, 1], by_key[model, 2]
         # CPU per token: 2 processes do twice the tokens per step
         cpu_per_token = two.cpu_ms_per_step(timed_steps) / (2 * one.cpu_ms_per_step(timed_steps))
-        print(f"{model}: 2 processes vs 1, aggregate tokens/s {two.tokens_per_s / one.tokens_per_s:.2f}x "
-              f"(1 process x {one.first.threads} thread(s) vs 2 processes x {two.first.threads} thread(s), "
-              f"{os.cpu_count()} cores); CPU time per token {cpu_per_token:.2f}x; "
-              f"max RSS {two.max_rss_mib / one.max_rss_mib:.2f}x per process")
+        print(
+            f"{model}: 2 processes vs 1, aggregate tokens/s {two.tokens_per_s / one.tokens_per_s:.2f}x "
+            f"(1 process x {one.first.threads} thread(s) vs 2 processes x {two.first.threads} thread(s), "
+            f"{os.cpu_count()} cores); CPU time per token {cpu_per_token:.2f}x; "
+            f"max RSS {two.max_rss_mib / one.max_rss_mib:.2f}x per process"
+        )
     for processes in PROCESS_COUNTS:
         plain, routed = by_key["plain", processes], by_key["routed", processes]
         cpu_ratio = routed.cpu_ms_per_step(timed_steps) / plain.cpu_ms_per_step(timed_steps)
-        print(f"{processes} process(es): routed vs plain, tokens/s {routed.tokens_per_s / plain.tokens_per_s:.2f}x, "
-              f"time per step {routed.ms_per_step / plain.ms_per_step:.2f}x, CPU time per step {cpu_ratio:.2f}x "
-              f"(bench/routing_cost.py's goal: <= 1.1x); max RSS {routed.max_rss_mib / plain.max_rss_mib:.2f}x")
+        print(
+            f"{processes} process(es): routed vs plain, tokens/s {routed.tokens_per_s / plain.tokens_per_s:.2f}x, "
+            f"time per step {routed.ms_per_step / plain.ms_per_step:.2f}x, CPU time per step {cpu_ratio:.2f}x "
+            f"(bench/routing_cost.py's goal: <= 1.1x); max RSS {routed.max_rss_mib / plain.max_rss_mib:.2f}x"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="builtin",
-                        help="train.data: 'builtin' (default), a text file such as tinyshakespeare.txt, or a folder")
+    parser.add_argument(
+        "--data",
+        default="builtin",
+        help="train.data: 'builtin' (default), a text file such as tinyshakespeare.txt, or a folder",
+    )
     parser.add_argument("--steps", type=int, default=80, help="optimizer steps per run")
     parser.add_argument("--skip", type=int, default=10, help="first steps left out as warm-up")
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration, in rotating order")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="train.threads, torch threads per process (default 1, fastest for models this "
-                             "small; 0: the cores divided by the processes)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cuda: 2 processes need 2 GPUs (NCCL)")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                        help="train.dtype (auto: bf16 autocast on CUDA, float32 on CPU)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="train.threads, torch threads per process (default 1, fastest for models this "
+        "small; 0: the cores divided by the processes)",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: 2 processes need 2 GPUs (NCCL)")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="train.dtype (auto: bf16 autocast on CUDA, float32 on CPU)",
+    )
     return parser
 
 
@@ -310,10 +330,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"--data {args.data}: no such file or folder", file=sys.stderr)
         return 2
     load_before = load_average()
-    print(f"python {platform.python_version()} | {args.device} ({os.cpu_count()} cores), {load_before} | "
-          f"data {args.data} | 4 layers, d_model 128, 4 heads, ctx 64, batch 12 per process, char tokenizer; "
-          f"routed: pool 8, 4 steps, prefix 16 | {args.steps} steps per run, median tokens/s of steps "
-          f"{args.skip + 1}..{args.steps}, {args.repeats} run(s) each", flush=True)
+    print(
+        f"python {platform.python_version()} | {args.device} ({os.cpu_count()} cores), {load_before} | "
+        f"data {args.data} | 4 layers, d_model 128, 4 heads, ctx 64, batch 12 per process, char tokenizer; "
+        f"routed: pool 8, 4 steps, prefix 16 | {args.steps} steps per run, median tokens/s of steps "
+        f"{args.skip + 1}..{args.steps}, {args.repeats} run(s) each",
+        flush=True,
+    )
     keys = [(model, processes) for processes in PROCESS_COUNTS for model in MODELS]
     by_key = {key: Result([], []) for key in keys}
     for repeat in range(args.repeats):
@@ -323,8 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             run = measure(model, processes, threads, args.steps, args)
             by_key[model, processes].runs.append(run)
             by_key[model, processes].short_runs.append(measure(model, processes, threads, args.skip, args))
-            print(f"  run {repeat + 1}: {model}, {processes} process(es): "
-                  f"{statistics.median(run.step_tokens_per_s):,.0f} tokens/s", flush=True)
+            print(
+                f"  run {repeat + 1}: {model}, {processes} process(es): "
+                f"{statistics.median(run.step_tokens_per_s):,.0f} tokens/s",
+                flush=True,
+            )
     report(by_key, args.steps - args.skip)
     print(f"{load_average()} after the runs")
     return 0

@@ -57,8 +57,12 @@ def variant_overrides(variant: str) -> list[str]:
     if variant == "plain-N":
         return ["routing=null", f"model.n_layers={POOL}"]
     policy = {"learned": "learned", "random": "random", "fixed": "fixed"}[variant]
-    return [f"model.n_layers={STEPS}", f"routing.pool_size={POOL}", f"routing.route_prefix_len={PREFIX}",
-            f"routing.route_policy={policy}"]
+    return [
+        f"model.n_layers={STEPS}",
+        f"routing.pool_size={POOL}",
+        f"routing.route_prefix_len={PREFIX}",
+        f"routing.route_policy={policy}",
+    ]
 
 
 def plan_runs(args: argparse.Namespace) -> list[Plan]:
@@ -67,15 +71,24 @@ def plan_runs(args: argparse.Namespace) -> list[Plan]:
     for variant in VARIANTS:
         for seed in args.seeds:
             seeds = [f"train.seed={seed}"] + ([] if variant.startswith("plain") else [f"routing.seed={seed}"])
-            overrides = variant_overrides(variant) + seeds + [
-                f"train.out_dir={args.out / f'{variant}-seed{seed}'}", f"train.device={args.device}",
-                "train.threads=1", "train.sample_tokens=0", f"train.eval_interval={10**9}",
-                f"train.checkpoint_interval={10**9}", "train.log_interval=10",
-            ]
+            overrides = (
+                variant_overrides(variant)
+                + seeds
+                + [
+                    f"train.out_dir={args.out / f'{variant}-seed{seed}'}",
+                    f"train.device={args.device}",
+                    "train.threads=1",
+                    "train.sample_tokens=0",
+                    f"train.eval_interval={10**9}",
+                    f"train.checkpoint_interval={10**9}",
+                    "train.log_interval=10",
+                ]
+            )
             config = load_run_config(None, overrides)
             model = build_model(config, vocab)
-            per_token = flops_per_token(active_parameters(model), model.cfg.n_layers, model.cfg.d_model,
-                                        model.cfg.n_ctx)
+            per_token = flops_per_token(
+                active_parameters(model), model.cfg.n_layers, model.cfg.d_model, model.cfg.n_ctx
+            )
             tokens_per_step = config.train.batch_size * model.cfg.n_ctx
             steps = max(1, round(args.budget_tokens * _reference_flops(vocab) / per_token / tokens_per_step))
             warmup = min(config.train.warmup_steps, steps // 10)
@@ -101,17 +114,26 @@ def score(plan: Plan, windows: torch.Tensor, labels: torch.Tensor) -> dict[str, 
     run = load_trained(Path(plan.config.train.out_dir))
     model = run.model
     inputs, targets = windows[:, :-1], windows[:, 1:]
-    result: dict[str, Any] = {"variant": plan.variant, "seed": plan.seed, "steps": plan.config.train.max_steps,
-                              "parameters": sum(p.numel() for p in model.parameters())}
+    result: dict[str, Any] = {
+        "variant": plan.variant,
+        "seed": plan.seed,
+        "steps": plan.config.train.max_steps,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     if isinstance(model, RoutedDecoder):
         logits, info = model(inputs)
         paths = info.layer_choices
         path_list = [tuple(row) for row in paths.tolist()]
         usage = info.counts / info.counts.sum(-1, keepdim=True)
         mi = mutual_information(path_list, labels.tolist(), permutations=100, seed=plan.seed)
-        result.update(usage_entropy=float(entropy(usage).mean()),
-                      route_label_mi=mi.observed, mi_shuffled=mi.shuffled_mean, mi_excess=mi.excess,
-                      mi_p_value=mi.p_value, distinct_paths=len(set(path_list)))
+        result.update(
+            usage_entropy=float(entropy(usage).mean()),
+            route_label_mi=mi.observed,
+            mi_shuffled=mi.shuffled_mean,
+            mi_excess=mi.excess,
+            mi_p_value=mi.p_value,
+            distinct_paths=len(set(path_list)),
+        )
         if plan.variant == "learned":  # the baselines' router is never consulted
             result["decision_entropy"] = float(entropy(info.probabilities).mean())
     else:
@@ -141,8 +163,11 @@ def evaluation_windows(plan: Plan, count: int, seed: int) -> tuple[torch.Tensor,
 
 
 def summarise(results: list[dict[str, Any]]) -> str:
-    lines = ["| variant | val loss (nats/char) | usage entropy | decision entropy | route-topic MI (bits) "
-             "| shuffled MI | steps | parameters |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | val loss (nats/char) | usage entropy | decision entropy | route-topic MI (bits) "
+        "| shuffled MI | steps | parameters |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for variant in VARIANTS:
         rows = [r for r in results if r["variant"] == variant]
         if not rows:
@@ -155,9 +180,11 @@ def summarise(results: list[dict[str, Any]]) -> str:
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
-        lines.append(f"| {variant} | {stat('val_loss')} | {stat('usage_entropy')} | {stat('decision_entropy')} | "
-                     f"{stat('route_label_mi')} | {stat('mi_shuffled')} | {rows[0]['steps']} | "
-                     f"{rows[0]['parameters']:,} |")
+        lines.append(
+            f"| {variant} | {stat('val_loss')} | {stat('usage_entropy')} | {stat('decision_entropy')} | "
+            f"{stat('route_label_mi')} | {stat('mi_shuffled')} | {rows[0]['steps']} | "
+            f"{rows[0]['parameters']:,} |"
+        )
     lines.append(f"\nln N = {math.log(POOL):.3f} nats (even use of the pool); {len(results)} runs.")
     return "\n".join(lines)
 
@@ -165,8 +192,12 @@ def summarise(results: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--budget-tokens", type=int, default=1_000_000,
-                        help="training tokens of the routed model; the others get the same FLOPs")
+    parser.add_argument(
+        "--budget-tokens",
+        type=int,
+        default=1_000_000,
+        help="training tokens of the routed model; the others get the same FLOPs",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/routing-vs-baselines"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=max(1, min(2, os.cpu_count() or 1)))
@@ -178,8 +209,10 @@ def main() -> None:
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f"{args.out} is not empty: give a new --out (runs are never overwritten)")
     plans = plan_runs(args)
-    print(f"{len(plans)} runs; steps per variant: " + ", ".join(
-        f"{p.variant}={p.config.train.max_steps}" for p in plans if p.seed == args.seeds[0]))
+    print(
+        f"{len(plans)} runs; steps per variant: "
+        + ", ".join(f"{p.variant}={p.config.train.max_steps}" for p in plans if p.seed == args.seeds[0])
+    )
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.workers) as pool:
         for done in pool.imap_unordered(run_one, plans):

@@ -31,11 +31,17 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--tokens", type=int, default=120)
     args = parser.parse_args()
-    config = load_run_config(None, [
-        f"train.out_dir={args.out}", f"train.max_steps={args.steps}", f"train.eval_interval={args.every}",
-        f"train.checkpoint_interval={args.every}", f"train.keep_last={args.steps // args.every + 1}",
-        "train.sample_tokens=0",
-    ])
+    config = load_run_config(
+        None,
+        [
+            f"train.out_dir={args.out}",
+            f"train.max_steps={args.steps}",
+            f"train.eval_interval={args.every}",
+            f"train.checkpoint_interval={args.every}",
+            f"train.keep_last={args.steps // args.every + 1}",
+            "train.sample_tokens=0",
+        ],
+    )
     if not ckpt.step_checkpoints(args.out):
         train(config)
     losses = {r["step"]: r["val_loss"] for r in read_log(args.out / "metrics.jsonl") if r["kind"] == "eval"}
@@ -43,9 +49,10 @@ def main() -> None:
     for folder in ckpt.step_checkpoints(args.out):
         run = load_trained(args.out, str(folder))
         prompt = torch.tensor([run.tokenizer.encode(PROMPT)])
-        out = generate(run.model, prompt, args.tokens, temperature=0.8, top_k=40,
-                       generator=torch.Generator().manual_seed(0))
-        text = run.tokenizer.decode(out.tokens[0, prompt.shape[1]:].tolist())
+        out = generate(
+            run.model, prompt, args.tokens, temperature=0.8, top_k=40, generator=torch.Generator().manual_seed(0)
+        )
+        text = run.tokenizer.decode(out.tokens[0, prompt.shape[1] :].tolist())
         shown = json.dumps(text)[1:-1].replace("|", "\\|")
         rows.append(f"| {run.step} | {losses.get(run.step, float('nan')):.3f} | `{shown}` |")
     print("\n".join(rows))

@@ -238,8 +238,13 @@ def induction_losses(n_layers: int, steps: int, seed: int = 0) -> tuple[float, f
     The first token of the repeat is excluded: nothing announces where the repeat starts."""
     torch.manual_seed(seed)
     cfg = ModelConfig(
-        d_vocab=INDUCTION_VOCAB, d_model=32, n_heads=2, n_layers=n_layers, n_ctx=2 * LONGEST_HALF,
-        attn_only=True, positional="learned",
+        d_vocab=INDUCTION_VOCAB,
+        d_model=32,
+        n_heads=2,
+        n_layers=n_layers,
+        n_ctx=2 * LONGEST_HALF,
+        attn_only=True,
+        positional="learned",
     )
     model = Decoder(cfg)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -257,16 +262,16 @@ def induction_losses(n_layers: int, steps: int, seed: int = 0) -> tuple[float, f
     return float(losses[:, : half - 1].mean()), float(losses[:, half:].mean())
 
 
-@pytest.mark.parametrize(
-    "seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
 def test_two_layers_form_an_induction_head_one_layer_cannot(seed: int) -> None:
     """Seed 0 runs by default; the slow seeds show the contrast does not hinge on one seed."""
     first, repeated = induction_losses(n_layers=2, steps=1000, seed=seed)
     assert repeated < 0.1, f"2 layers: repeated-half loss {repeated:.3f} ln(V), want < 0.1 ln(V)"
     assert abs(first - 1) < 0.05, f"2 layers: first-half loss {first:.3f} ln(V), should stay ~ ln(V)"
     first_1, repeated_1 = induction_losses(n_layers=1, steps=1000, seed=seed)
-    print(f"induction / ln V, seed {seed}: 2 layers first {first:.3f} repeat {repeated:.3f}; "
-          f"1 layer first {first_1:.3f} repeat {repeated_1:.3f}")
+    print(
+        f"induction / ln V, seed {seed}: 2 layers first {first:.3f} repeat {repeated:.3f}; "
+        f"1 layer first {first_1:.3f} repeat {repeated_1:.3f}"
+    )
     assert repeated_1 > 0.3, f"1 layer: repeated-half loss {repeated_1:.3f} ln(V), should stay far above 0.1"
     assert abs(first_1 - 1) < 0.1, f"1 layer: first-half loss {first_1:.3f} ln(V)"

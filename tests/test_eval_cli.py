@@ -119,16 +119,31 @@ def test_data_option_evaluates_all_windows_of_a_source(
     (tmp_path / "other.txt").write_text(text, encoding="utf-8")
     tokenizer = load_trained(runs["routed"]).tokenizer
     n_tokens = len(tokenizer.encode(text)) + 1  # the document and its end-of-text
-    code, out, err = run_cli(["eval", "--run", str(runs["routed"]), "--data", str(tmp_path / "other.txt"),
-                              "--json", "--route-samples", "0"], capsys)
+    code, out, err = run_cli(
+        ["eval", "--run", str(runs["routed"]), "--data", str(tmp_path / "other.txt"), "--json", "--route-samples", "0"],
+        capsys,
+    )
     assert code == 0, err
     record = json.loads(out)
     assert record["tokens"] == n_tokens
     assert record["windows"] + record["windows_left_out"] == (n_tokens - 1) // N_CTX
     assert record["windows_left_out"] < record["batches"]  # batch size chosen to leave few out
     assert record["sampled_route_loss"] is None
-    code, out, _ = run_cli(["eval", "--run", str(runs["routed"]), "--data", str(tmp_path / "other.txt"),
-                            "--json", "--batches", "2", "--batch-size", "4"], capsys)
+    code, out, _ = run_cli(
+        [
+            "eval",
+            "--run",
+            str(runs["routed"]),
+            "--data",
+            str(tmp_path / "other.txt"),
+            "--json",
+            "--batches",
+            "2",
+            "--batch-size",
+            "4",
+        ],
+        capsys,
+    )
     assert json.loads(out)["windows"] == 8
 
 

@@ -52,16 +52,40 @@ def test_generate_prints_the_continuation_the_model_writes(
 ) -> None:
     """12 new tokens after 10 overflow n_ctx = 16: 7 steps on the cache, 5 on a sliding window."""
     for temperature in ("0", "1"):
-        code, out, _ = run_cli(capsys, "generate", "--run", str(runs[kind]), "--prompt", PROMPT,
-                               "--max-new-tokens", "12", "--temperature", temperature, "--seed", "3")
+        code, out, _ = run_cli(
+            capsys,
+            "generate",
+            "--run",
+            str(runs[kind]),
+            "--prompt",
+            PROMPT,
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            temperature,
+            "--seed",
+            "3",
+        )
         assert code == 0
         assert out == uncached_text(runs[kind], PROMPT, 12, float(temperature), seed=3) + "\n"
 
 
 def test_the_same_seed_gives_the_same_text(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     def text(seed: str, checkpoint: str = "latest") -> str:
-        code, out, _ = run_cli(capsys, "generate", "--run", str(runs["plain"]), "--checkpoint", checkpoint,
-                               "--prompt", PROMPT, "--max-new-tokens", "6", "--seed", seed)
+        code, out, _ = run_cli(
+            capsys,
+            "generate",
+            "--run",
+            str(runs["plain"]),
+            "--checkpoint",
+            checkpoint,
+            "--prompt",
+            PROMPT,
+            "--max-new-tokens",
+            "6",
+            "--seed",
+            seed,
+        )
         assert code == 0
         return out
 

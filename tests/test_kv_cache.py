@@ -27,15 +27,24 @@ TOLERANCE = dict(rtol=1e-4, atol=1e-4)
 def plain_model(positional: str = "learned", attention: str = "fast", n_ctx: int = 64) -> Decoder:
     # init_std 0.3 (not 0.02) spreads the logits, so no two tokens tie for the argmax to within
     # rounding and greedy decoding is a sharp comparison.
-    cfg = ModelConfig(d_vocab=D_VOCAB, d_model=32, n_heads=4, n_layers=2, n_ctx=n_ctx,
-                      positional=positional, attention=attention, init_std=0.3)
+    cfg = ModelConfig(
+        d_vocab=D_VOCAB,
+        d_model=32,
+        n_heads=4,
+        n_layers=2,
+        n_ctx=n_ctx,
+        positional=positional,
+        attention=attention,
+        init_std=0.3,
+    )
     torch.manual_seed(0)
     return Decoder(cfg).eval()
 
 
 def routed_model(attention: str = "fast", n_ctx: int = 64, prefix: int = 4) -> RoutedDecoder:
-    cfg = ModelConfig(d_vocab=D_VOCAB, d_model=32, n_heads=4, n_layers=3, n_ctx=n_ctx, attention=attention,
-                      init_std=0.3)
+    cfg = ModelConfig(
+        d_vocab=D_VOCAB, d_model=32, n_heads=4, n_layers=3, n_ctx=n_ctx, attention=attention, init_std=0.3
+    )
     torch.manual_seed(0)
     model = RoutedDecoder(cfg, RoutingConfig(pool_size=4, route_prefix_len=prefix)).eval()
     with torch.no_grad():  # W_R starts at zero (every sequence on layer 0): spread the routes

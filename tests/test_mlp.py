@@ -49,9 +49,7 @@ def test_gelu_is_the_exact_form_not_the_tanh_estimate() -> None:
     # The two forms differ by up to ~1e-3 around |x| = 2: far above float64 rounding.
     mlp = mlp_in_float64("gelu")
     x = activations() * 3
-    tanh_estimate = F.linear(
-        F.gelu(F.linear(x, mlp.W_in.T, mlp.b_in), approximate="tanh"), mlp.W_out.T, mlp.b_out
-    )
+    tanh_estimate = F.linear(F.gelu(F.linear(x, mlp.W_in.T, mlp.b_in), approximate="tanh"), mlp.W_out.T, mlp.b_out)
     assert (mlp(x) - tanh_estimate).abs().max() > 1e-6
 
 

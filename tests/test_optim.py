@@ -26,8 +26,15 @@ def _groups(model: object, settings: TrainSettings) -> tuple[set[str], set[str]]
 def test_decay_applies_to_weight_matrices_and_not_to_embeddings_norms_or_biases() -> None:
     decayed, kept = _groups(Decoder(tiny_config()), TrainSettings(weight_decay=0.1))
     assert {"layers.0.attn.W_Q", "layers.0.mlp.W_in", "layers.0.mlp.W_out", "unembed.W_U"} <= decayed
-    assert {"embed.W_E", "pos_embed.W_pos", "layers.0.ln1.w", "layers.0.ln1.b", "layers.0.attn.b_Q",
-            "unembed.b_U", "ln_final.w"} <= kept
+    assert {
+        "embed.W_E",
+        "pos_embed.W_pos",
+        "layers.0.ln1.w",
+        "layers.0.ln1.b",
+        "layers.0.attn.b_Q",
+        "unembed.b_U",
+        "ln_final.w",
+    } <= kept
     assert not decayed & kept
 
 

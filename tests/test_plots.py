@@ -59,8 +59,10 @@ def test_two_runs_get_a_comparison_and_only_routed_runs_get_routing_figures(
     runs: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "figures"
-    assert main(["plot", str(runs["routed"]), str(runs["plain"]), "--out", str(out),
-                 "--labels", "routed N=3", "plain"]) == 0
+    assert (
+        main(["plot", str(runs["routed"]), str(runs["plain"]), "--out", str(out), "--labels", "routed N=3", "plain"])
+        == 0
+    )
     assert_pngs(out, {"compare.png"})
     assert_pngs(out / "routed_N_3", ROUTED_FIGURES)
     assert_pngs(out / "plain", PLAIN_FIGURES)
@@ -95,8 +97,9 @@ def test_usage_heatmap_shows_the_logged_usage(runs: dict[str, Path]) -> None:
     for step, ax in enumerate(figure.axes[: logged.shape[1]]):
         shown = torch.tensor(ax.collections[0].get_array().reshape(3, -1))  # type: ignore[union-attr]
         assert torch.allclose(shown, logged[:, step, :].T.double())
-        assert torch.allclose(shown.sum(0), torch.ones(len(history.train), dtype=torch.float64)), \
+        assert torch.allclose(shown.sum(0), torch.ones(len(history.train), dtype=torch.float64)), (
             "each column is one batch's sequences: fractions summing to 1"
+        )
 
 
 def test_paths_are_the_routes_evaluation_took(runs: dict[str, Path]) -> None:
@@ -124,8 +127,12 @@ def test_a_resumed_runs_repeated_steps_keep_the_last_record() -> None:
 
 
 def test_a_line_torn_by_a_crash_is_skipped_with_a_note(tmp_path: Path) -> None:
-    lines = [json.dumps({"kind": "train", "step": 1, "loss": 5.0}), '{"kind": "tr',  # killed mid-write
-             json.dumps({"kind": "train", "step": 2, "loss": 4.0}), "[1, 2]"]
+    lines = [
+        json.dumps({"kind": "train", "step": 1, "loss": 5.0}),
+        '{"kind": "tr',  # killed mid-write
+        json.dumps({"kind": "train", "step": 2, "loss": 4.0}),
+        "[1, 2]",
+    ]
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     history = load_history(tmp_path, "torn")
     assert [r["step"] for r in history.train] == [1, 2]

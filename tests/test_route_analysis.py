@@ -62,8 +62,10 @@ def test_mi_lies_between_zero_and_both_entropies(seed: int) -> None:
     n = int(generator.integers(5, 300))
     labels = generator.integers(0, int(generator.integers(2, 5)), n)
     coupled = generator.random(n) < generator.random()  # part of the paths copy the label
-    paths = [PATHS[int(label)] if copy else PATHS[int(generator.integers(0, 8))]
-             for label, copy in zip(labels, coupled, strict=True)]
+    paths = [
+        PATHS[int(label)] if copy else PATHS[int(generator.integers(0, 8))]
+        for label, copy in zip(labels, coupled, strict=True)
+    ]
     info = mutual_information(paths, list(labels), permutations=5, seed=seed)
     h_path = entropy_bits(np.unique(np.array(paths), axis=0, return_counts=True)[1])
     h_label = entropy_bits(np.unique(labels, return_counts=True)[1])
@@ -140,8 +142,12 @@ def test_scored_loss_at_the_models_own_first_target_is_what_evaluate_measures() 
     later = scored_loss(routed, batches, first_target=8)
     routed.eval()  # argmax routes, as scored_loss uses
     logits = [routed(tokens[:, :-1])[0] for tokens in batches]
-    by_hand = np.mean([torch.nn.functional.cross_entropy(lg[:, 7:].flatten(0, 1), t[:, 8:].flatten()).item()
-                       for lg, t in zip(logits, batches, strict=True)])
+    by_hand = np.mean(
+        [
+            torch.nn.functional.cross_entropy(lg[:, 7:].flatten(0, 1), t[:, 8:].flatten()).item()
+            for lg, t in zip(logits, batches, strict=True)
+        ]
+    )
     assert later == pytest.approx(by_hand, abs=1e-6)  # targets at positions 8..12 only
     plain = Decoder(tiny_config())
     assert scored_loss(plain, batches, first_target=0) == pytest.approx(evaluate(plain, batches).val_loss, abs=1e-6)

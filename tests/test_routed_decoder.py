@@ -158,8 +158,9 @@ def test_lm_loss_scores_only_targets_from_the_routing_prefix_on() -> None:
     spoiled = logits.clone()
     spoiled[:, :2] = 100.0 * torch.randn(2, 2, 9)  # predictions inside the prefix do not count
     torch.testing.assert_close(lm_loss(spoiled, targets, first_target=prefix), scored)
-    torch.testing.assert_close(lm_loss(logits, targets), torch.nn.functional.cross_entropy(
-        logits.flatten(0, 1), targets.flatten()))
+    torch.testing.assert_close(
+        lm_loss(logits, targets), torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    )
 
 
 def test_fixed_policy_is_the_in_order_route_and_the_router_gets_no_task_gradient() -> None:

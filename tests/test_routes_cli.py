@@ -37,8 +37,18 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
 
 
 def routes_args(setup: dict[str, Path], *extra: str) -> list[str]:
-    return ["routes", "--run", str(setup["routed"]), "--data", str(setup["syntax"]), "--data", str(setup["types"]),
-            "--windows", str(WINDOWS), *extra]
+    return [
+        "routes",
+        "--run",
+        str(setup["routed"]),
+        "--data",
+        str(setup["syntax"]),
+        "--data",
+        str(setup["types"]),
+        "--windows",
+        str(WINDOWS),
+        *extra,
+    ]
 
 
 def test_the_path_table_accounts_for_every_window_of_every_label(
@@ -93,8 +103,15 @@ def test_a_plain_run_or_a_bad_request_is_a_one_line_error(
 ) -> None:
     cases = {
         "routes needs a routed run": ["--run", str(setup["plain"]), "--data", str(setup["syntax"])],
-        "give one label per source": ["--run", str(setup["routed"]), "--data", str(setup["syntax"]),
-                                      "--labels", "a", "b"],
+        "give one label per source": [
+            "--run",
+            str(setup["routed"]),
+            "--data",
+            str(setup["syntax"]),
+            "--labels",
+            "a",
+            "b",
+        ],
         "does not exist": ["--run", str(tmp_path / "nowhere"), "--data", str(setup["syntax"])],
         "no such file": ["--run", str(setup["routed"]), "--data", str(tmp_path / "missing.txt")],
     }

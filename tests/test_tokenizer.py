@@ -91,9 +91,7 @@ def test_lone_surrogate_is_a_clear_error(tokenizer: TextTokenizer) -> None:
         tokenizer.encode("a\ud800b")
 
 
-def test_char_tokenizer_is_one_token_per_seen_character(
-    corpus: list[str], char_tokenizer: TextTokenizer
-) -> None:
+def test_char_tokenizer_is_one_token_per_seen_character(corpus: list[str], char_tokenizer: TextTokenizer) -> None:
     seen = set("".join(corpus))
     assert char_tokenizer.vocab_size == 256 + 1 + len(seen)
     text = corpus[0][:500]
@@ -139,9 +137,7 @@ def test_byte_symbol_table_is_hf_byte_level_alphabet() -> None:
     assert table["A"] == ord("A") and table["Ġ"] == ord(" ") and table["Ċ"] == ord("\n")
 
 
-def test_save_load_and_json_round_trips_give_identical_tokenizers(
-    tokenizer: TextTokenizer, tmp_path: Path
-) -> None:
+def test_save_load_and_json_round_trips_give_identical_tokenizers(tokenizer: TextTokenizer, tmp_path: Path) -> None:
     tokenizer.save(tmp_path / "tok.json")
     tokenizer.save(tmp_path)  # a folder: writes tokenizer.json inside
     copies = [
@@ -176,9 +172,7 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
         TextTokenizer.load(tmp_path / "words.json")
 
 
-def test_fingerprint_is_stable_and_tracks_the_vocabulary(
-    corpus: list[str], bpe_tokenizer: TextTokenizer
-) -> None:
+def test_fingerprint_is_stable_and_tracks_the_vocabulary(corpus: list[str], bpe_tokenizer: TextTokenizer) -> None:
     # Training is deterministic, so retraining gives the same hash (and caches keyed by it are reused).
     assert train_tokenizer("bpe", corpus, BPE_SIZE).fingerprint() == bpe_tokenizer.fingerprint()
     assert train_tokenizer("bpe", corpus, BPE_SIZE + 1).fingerprint() != bpe_tokenizer.fingerprint()
@@ -196,9 +190,7 @@ def test_fingerprint_is_stable_and_tracks_the_vocabulary(
         ("bpe", ["", ""], 300, "empty corpus"),
     ],
 )
-def test_training_rejects_bad_requests(
-    kind: str, documents: list[str], vocab_size: int | None, message: str
-) -> None:
+def test_training_rejects_bad_requests(kind: str, documents: list[str], vocab_size: int | None, message: str) -> None:
     with pytest.raises(TokenizerError, match=message):
         train_tokenizer(kind, documents, vocab_size)
 

@@ -24,8 +24,23 @@ def test_train_writes_the_tokenizer_it_describes(
     corpus_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "tok" / "tokenizer.json"
-    assert main(["tokenizer", "train", "--kind", "bpe", "--vocab-size", "300", "--data", str(corpus_file),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--kind",
+                "bpe",
+                "--vocab-size",
+                "300",
+                "--data",
+                str(corpus_file),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     tokenizer = TextTokenizer.load(out)
     assert tokenizer.fingerprint() == train_tokenizer("bpe", [CORPUS], 300).fingerprint()
@@ -48,8 +63,21 @@ def test_analyze_prints_the_library_analysis(
 ) -> None:
     tokenizer = train_tokenizer("bpe", [CORPUS], 300)
     tokenizer.save(tmp_path / "tok.json")
-    assert main(["tokenizer", "analyze", "--tokenizer", str(tmp_path / "tok.json"), "--data", str(corpus_file),
-                 "--min-count", "5"]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "analyze",
+                "--tokenizer",
+                str(tmp_path / "tok.json"),
+                "--data",
+                str(corpus_file),
+                "--min-count",
+                "5",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     expected = analyze(tokenizer, [CORPUS], min_count=5)
     assert re.search(rf"^tokens\s+{int(expected['tokens']):,}$", printed, re.MULTILINE)
@@ -81,18 +109,24 @@ def test_encode_prints_ids_and_tokens(tmp_path: Path, capsys: pytest.CaptureFixt
     [
         (["tokenizer", "encode", "--tokenizer", "{tmp}/missing.json", "hi"], "no tokenizer file at"),
         (["tokenizer", "encode", "--tokenizer", "{tmp}/corrupt.json", "hi"], "not a valid tokenizer.json"),
-        (["tokenizer", "train", "--kind", "bpe", "--vocab-size", "100", "--out", "{tmp}/t.json"],
-         "at least 257"),
+        (["tokenizer", "train", "--kind", "bpe", "--vocab-size", "100", "--out", "{tmp}/t.json"], "at least 257"),
         (["tokenizer", "train", "--kind", "bpe", "--out", "{tmp}/t.json"], "needs a vocab size"),
-        (["tokenizer", "train", "--kind", "char", "--data", "{tmp}/nowhere", "--out", "{tmp}/t.json"],
-         "no such file or folder"),
-        (["tokenizer", "analyze", "--tokenizer", "{tmp}/corrupt.json", "--vocab-size", "300"],
-         "--vocab-size goes with --kind"),
+        (
+            ["tokenizer", "train", "--kind", "char", "--data", "{tmp}/nowhere", "--out", "{tmp}/t.json"],
+            "no such file or folder",
+        ),
+        (
+            ["tokenizer", "analyze", "--tokenizer", "{tmp}/corrupt.json", "--vocab-size", "300"],
+            "--vocab-size goes with --kind",
+        ),
         (["tokenizer", "analyze", "--kind", "char", "--data", "hf:no-such-dataset"], "hf:no-such-dataset"),
     ],
 )
 def test_user_errors_are_one_line_and_status_2(
-    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # as on a machine without it

@@ -25,8 +25,9 @@ def test_the_default_config_is_the_tiny_routed_model() -> None:
 
 
 def test_overrides_change_values_with_yaml_types() -> None:
-    config = load_run_config(None, ["train.max_steps=7", "model.d_model=32", "train.lr=1e-2",
-                                    "routing.gradient=none", "train.compile=true"])
+    config = load_run_config(
+        None, ["train.max_steps=7", "model.d_model=32", "train.lr=1e-2", "routing.gradient=none", "train.compile=true"]
+    )
     assert config.train.max_steps == 7 and config.train.lr == 0.01 and config.train.compile is True
     assert config.model["d_model"] == 32 and config.routing is not None and config.routing.gradient == "none"
     assert load_run_config(None, ["routing=null"]).routing is None

@@ -41,18 +41,21 @@ def test_resume_is_bitwise_exact(tmp_path: Path, routed: bool) -> None:
         assert torch.equal(a[name], b[name]), name
     state_a = ckpt.read_state(ckpt.resolve(straight_dir, "latest"))
     state_b = ckpt.read_state(ckpt.resolve(Path(split.train.out_dir), "latest"))
-    for moments_a, moments_b in zip(state_a["optimizer"]["state"].values(),
-                                    state_b["optimizer"]["state"].values(), strict=True):
+    for moments_a, moments_b in zip(
+        state_a["optimizer"]["state"].values(), state_b["optimizer"]["state"].values(), strict=True
+    ):
         assert torch.equal(moments_a["exp_avg"], moments_b["exp_avg"])
     train_a = {r["step"]: r["loss"] for r in read_log(straight_dir / "metrics.jsonl") if r["kind"] == "train"}
-    train_b = {r["step"]: r["loss"] for r in read_log(Path(split.train.out_dir) / "metrics.jsonl")
-               if r["kind"] == "train"}
+    train_b = {
+        r["step"]: r["loss"] for r in read_log(Path(split.train.out_dir) / "metrics.jsonl") if r["kind"] == "train"
+    }
     assert train_a == train_b
 
 
 def test_loss_falls_and_the_run_leaves_checkpoints_and_a_parseable_log(tmp_path: Path) -> None:
-    config = tiny_run_config(tmp_path, True, "train.max_steps=30", "train.eval_interval=15",
-                             "train.checkpoint_interval=15")
+    config = tiny_run_config(
+        tmp_path, True, "train.max_steps=30", "train.eval_interval=15", "train.checkpoint_interval=15"
+    )
     result = train(config)
     run_dir = Path(config.train.out_dir)
     records = read_log(run_dir / "metrics.jsonl")
@@ -93,8 +96,7 @@ def test_non_finite_losses_are_skipped_and_too_many_in_a_row_stop_training(
     monkeypatch.setattr(trainer_module, "compute_objective", sometimes_nan)
     result = train(tiny_run_config(tmp_path / "some", False, "train.max_steps=4"))
     assert result.steps == 4 and result.skipped_steps == 2
-    monkeypatch.setattr(trainer_module, "compute_objective",
-                        lambda *a, **k: _all_nan(real(*a, **k)))
+    monkeypatch.setattr(trainer_module, "compute_objective", lambda *a, **k: _all_nan(real(*a, **k)))
     with pytest.raises(TrainingError, match="3 steps in a row had a non-finite loss"):
         train(tiny_run_config(tmp_path / "all", False, "train.max_bad_steps=3"))
 
@@ -108,18 +110,49 @@ def _all_nan(objective):  # type: ignore[no-untyped-def]
 def test_cli_trains_and_reports_errors_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tiny_run_config(tmp_path, True)
     corpus, out = config.train.data, config.train.out_dir
-    common = ["--set", "model.d_model=16", "--set", "model.n_heads=2", "--set", "model.n_layers=2",
-              "--set", "model.n_ctx=16", "--set", f"train.data={corpus}", "--set", f"train.out_dir={out}",
-              "--set", "train.batch_size=4", "--set", "train.max_steps=4", "--set", "train.eval_interval=2",
-              "--set", "routing.route_prefix_len=4", "--set", "train.sample_tokens=20"]
+    common = [
+        "--set",
+        "model.d_model=16",
+        "--set",
+        "model.n_heads=2",
+        "--set",
+        "model.n_layers=2",
+        "--set",
+        "model.n_ctx=16",
+        "--set",
+        f"train.data={corpus}",
+        "--set",
+        f"train.out_dir={out}",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "train.eval_interval=2",
+        "--set",
+        "routing.route_prefix_len=4",
+        "--set",
+        "train.sample_tokens=20",
+    ]
     assert main(["train", *common]) == 0
     printed = capsys.readouterr()
     assert "final val loss" in printed.out and "sample:" in printed.out
     assert (Path(out) / "metrics.jsonl").is_file()
     assert main(["train", *common, "--set", "train.max_stepz=3"]) == 2
     assert "error: unknown train setting(s) ['max_stepz']" in capsys.readouterr().err
-    assert main(["train", *common, "--set", f"train.out_dir={tmp_path / 'other'}",
-                 "--set", f"train.data={tmp_path / 'missing.txt'}"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--set",
+                f"train.out_dir={tmp_path / 'other'}",
+                "--set",
+                f"train.data={tmp_path / 'missing.txt'}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "missing.txt" in err and "Traceback" not in err
     assert main(["train", *common, "--set", f"train.out_dir={tmp_path / 'empty'}", "--resume", "latest"]) == 2

@@ -21,8 +21,13 @@ pytestmark = pytest.mark.distributed
 
 WORLD = 2
 # one optimizer step; "log_p": its gradient is the same however the batch is split between ranks
-OVERRIDES = ("train.max_steps=1", "train.warmup_steps=0", "train.lr=1e-3", "routing.gradient=log_p",
-             "train.eval_batches=1")
+OVERRIDES = (
+    "train.max_steps=1",
+    "train.warmup_steps=0",
+    "train.lr=1e-3",
+    "routing.gradient=log_p",
+    "train.eval_batches=1",
+)
 
 
 def _free_port() -> int:
@@ -52,8 +57,14 @@ def _record_inputs(record: dict[str, list[torch.Tensor]]) -> None:
 
 
 def _worker(rank: int, tmp_path: Path, port: int, routed: bool) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
     torch.set_num_threads(1)
     record: dict[str, list[torch.Tensor]] = {"windows": [], "routes": []}
     _record_inputs(record)
@@ -106,8 +117,13 @@ def test_two_rank_training_step_equals_one_process_on_the_global_batch(
     single_state = ckpt.read_state(ckpt.resolve(single_dir, "latest"))
     state = ckpt.read_state(ckpt.resolve(Path(tmp_path / "run"), "latest"))
     for index, moments in single_state["optimizer"]["state"].items():
-        torch.testing.assert_close(state["optimizer"]["state"][index]["exp_avg"], moments["exp_avg"],
-                                   rtol=0, atol=1e-7, msg=f"parameter {index}")
+        torch.testing.assert_close(
+            state["optimizer"]["state"][index]["exp_avg"],
+            moments["exp_avg"],
+            rtol=0,
+            atol=1e-7,
+            msg=f"parameter {index}",
+        )
     assert state["step"] == 1 and state["optimizer"]["state"], "one real update was taken"
     assert len(state["data_rng"]) == WORLD, "every rank's data stream is in the checkpoint"
     if routed:

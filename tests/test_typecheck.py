@@ -41,8 +41,7 @@ def test_environment_switch_installs_checks_in_a_fresh_process() -> None:
 
     def run(env_value: str) -> str:
         env = {"PATH": "", typecheck.ENV_SWITCH: env_value}
-        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
-                              text=True, check=True)
+        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
         return done.stdout.strip()
 
     assert run("1") == "TypeCheckError"

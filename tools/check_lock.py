@@ -50,8 +50,10 @@ def main() -> int:
     lock_path = Path(sys.argv[1] if len(sys.argv) > 1 else "poetry.lock")
     duplicates = duplicated_packages(lock_path)
     for name, found in sorted(duplicates.items()):
-        print(f"{lock_path}: {name} is locked at {len(found)} versions that all apply on "
-              f"linux/x86_64: {', '.join(found)}. Pin one in the cuda-pins group of pyproject.toml.")
+        print(
+            f"{lock_path}: {name} is locked at {len(found)} versions that all apply on "
+            f"linux/x86_64: {', '.join(found)}. Pin one in the cuda-pins group of pyproject.toml."
+        )
     if not duplicates:
         print(f"{lock_path}: every package is locked at one version on linux/x86_64")
     return 1 if duplicates else 0

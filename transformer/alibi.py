@@ -34,9 +34,7 @@ class ALiBi(nn.Module):
         super().__init__()
         self.register_buffer("slopes", alibi_slopes(n_heads), persistent=False)
 
-    def forward(
-        self, q_pos: int, k_pos: int, offset: int = 0
-    ) -> Float[Tensor, "n_heads q_pos k_pos"]:
+    def forward(self, q_pos: int, k_pos: int, offset: int = 0) -> Float[Tensor, "n_heads q_pos k_pos"]:
         """Bias for queries at positions offset..offset+q_pos-1 over keys 0..k_pos-1."""
         query = torch.arange(offset, offset + q_pos, device=self.slopes.device)[:, None]
         key = torch.arange(k_pos, device=self.slopes.device)[None, :]

@@ -42,9 +42,7 @@ class Attention(nn.Module):
         self.b_K = nn.Parameter(torch.zeros(n_heads, d_head)) if cfg.bias else None
         self.b_V = nn.Parameter(torch.zeros(n_heads, d_head)) if cfg.bias else None
         self.b_O = nn.Parameter(torch.zeros(d_model)) if cfg.bias else None
-        self.rotary = (
-            Rotary(cfg.rotary_dim, cfg.n_ctx, cfg.rope_base) if cfg.positional == "rotary" else None
-        )
+        self.rotary = Rotary(cfg.rotary_dim, cfg.n_ctx, cfg.rope_base) if cfg.positional == "rotary" else None
         self.alibi = ALiBi(n_heads) if cfg.positional == "alibi" else None
         self.fast = cfg.attention == "fast"
         self.scale = 1.0 / math.sqrt(d_head)

@@ -307,6 +307,9 @@ def _open_cache(folder: Path, key: str, tokenizer: TextTokenizer) -> TokenData |
                 f"(size {tokenizer.vocab_size}); delete the folder to rebuild it"
             )
     return TokenData(
-        train=arrays["train"], val=arrays["val"], vocab_size=tokenizer.vocab_size,
-        eot_id=tokenizer.eot_id, directory=folder,
+        train=arrays["train"],
+        val=arrays["val"],
+        vocab_size=tokenizer.vocab_size,
+        eot_id=tokenizer.eot_id,
+        directory=folder,
     )

@@ -41,9 +41,7 @@ class DecoderEnds(nn.Module):
             cfg.d_model, cfg.d_vocab, cfg.init_std, tied_to=self.embed if cfg.tie_embeddings else None
         )
 
-    def embed_tokens(
-        self, tokens: Int[Tensor, "batch pos"], offset: int = 0
-    ) -> Float[Tensor, "batch pos d_model"]:
+    def embed_tokens(self, tokens: Int[Tensor, "batch pos"], offset: int = 0) -> Float[Tensor, "batch pos d_model"]:
         """`offset`: the absolute position of the first token (the KV cache's length)."""
         if offset + tokens.shape[1] > self.cfg.n_ctx:
             raise ValueError(

@@ -31,9 +31,7 @@ class Unembed(nn.Module):
     """Logits = resid @ W_U + b_U. With `tied_to`, W_U is the embedding's W_E transposed
     (one matrix both reads and writes tokens; saves d_vocab * d_model parameters)."""
 
-    def __init__(
-        self, d_model: int, d_vocab: int, init_std: float = 0.02, tied_to: Embed | None = None
-    ) -> None:
+    def __init__(self, d_model: int, d_vocab: int, init_std: float = 0.02, tied_to: Embed | None = None) -> None:
         super().__init__()
         # A plain list keeps the tied Embed out of this module's children: its parameter is
         # owned (and saved, and counted) once, by the Embed.
@@ -47,7 +45,5 @@ class Unembed(nn.Module):
             return self.W_U
         return self._tied_to[0].W_E.T
 
-    def forward(
-        self, resid: Float[Tensor, "batch pos d_model"]
-    ) -> Float[Tensor, "batch pos d_vocab"]:
+    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
         return resid @ self.weight + self.b_U

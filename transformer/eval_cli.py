@@ -33,16 +33,35 @@ def add_eval_command(commands: "argparse._SubParsersAction[argparse.ArgumentPars
     )
     parser.add_argument("--run", type=Path, required=True, help="the run directory (train.out_dir)")
     parser.add_argument("--checkpoint", default="latest", metavar="latest|best|PATH")
-    parser.add_argument("--data", default=None, metavar="SOURCE",
-                        help="evaluate on all windows of this source (builtin, a file, a folder, hf:...) "
-                             "instead of the run's own validation split")
-    parser.add_argument("--batches", type=int, default=None, metavar="N",
-                        help="evaluate N batches of windows drawn at random (--seed); default: every window")
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="SOURCE",
+        help="evaluate on all windows of this source (builtin, a file, a folder, hf:...) "
+        "instead of the run's own validation split",
+    )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate N batches of windows drawn at random (--seed); default: every window",
+    )
     parser.add_argument("--batch-size", type=int, default=16, metavar="B")
-    parser.add_argument("--route-samples", type=int, default=None, metavar="M",
-                        help="routed runs: sampled-route passes per batch (default: the run's eval_route_samples)")
-    parser.add_argument("--first-target", type=int, default=None, metavar="N",
-                        help="score targets at positions >= N (default: the model's rule: P for routed, all for plain)")
+    parser.add_argument(
+        "--route-samples",
+        type=int,
+        default=None,
+        metavar="M",
+        help="routed runs: sampled-route passes per batch (default: the run's eval_route_samples)",
+    )
+    parser.add_argument(
+        "--first-target",
+        type=int,
+        default=None,
+        metavar="N",
+        help="score targets at positions >= N (default: the model's rule: P for routed, all for plain)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the window draw and the sampled routes")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
@@ -92,17 +111,29 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
 
     samples = run.config.train.eval_route_samples if args.route_samples is None else args.route_samples
     record: dict[str, Any] = {
-        "run": str(args.run), "checkpoint": str(run.checkpoint), "step": run.step,
-        "decoder": "routed" if routed else "plain", "data": described, "tokens": len(stream),
-        "windows": n_batches * batch_size, "windows_left_out": len(windows) - n_batches * batch_size,
-        "window_tokens": n_ctx + 1, "batch_size": batch_size, "batches": n_batches,
-        "first_target": first, "model_first_target": own_first,
+        "run": str(args.run),
+        "checkpoint": str(run.checkpoint),
+        "step": run.step,
+        "decoder": "routed" if routed else "plain",
+        "data": described,
+        "tokens": len(stream),
+        "windows": n_batches * batch_size,
+        "windows_left_out": len(windows) - n_batches * batch_size,
+        "window_tokens": n_ctx + 1,
+        "batch_size": batch_size,
+        "batches": n_batches,
+        "first_target": first,
+        "model_first_target": own_first,
         "scored_targets_per_window": n_ctx - max(first, 1) + 1,
     }
     record["scored_targets"] = record["windows"] * record["scored_targets_per_window"]
     if isinstance(model, RoutedDecoder) and run.config.routing is not None:
-        record.update(route_prefix_len=own_first, route_samples=samples, route_temperature=model.router.temperature,
-                      seed=args.seed)
+        record.update(
+            route_prefix_len=own_first,
+            route_samples=samples,
+            route_temperature=model.router.temperature,
+            seed=args.seed,
+        )
     rescore = first != own_first  # usage and entropies do not depend on the targets; the losses do
     evaluation = evaluate(model, batches, 0 if rescore else samples, args.seed)
     loss, sampled = evaluation.val_loss, evaluation.sampled_route_loss
@@ -112,8 +143,10 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     record.update(loss=loss, perplexity=_perplexity(loss))
     if routed:
         record.update(
-            sampled_route_loss=sampled, sampled_route_perplexity=None if sampled is None else _perplexity(sampled),
-            usage=evaluation.usage, usage_entropy=evaluation.usage_entropy,
+            sampled_route_loss=sampled,
+            sampled_route_perplexity=None if sampled is None else _perplexity(sampled),
+            usage=evaluation.usage,
+            usage_entropy=evaluation.usage_entropy,
             decision_entropy=evaluation.decision_entropy,
         )
     return record
@@ -201,11 +234,15 @@ def summary(record: dict[str, Any]) -> str:
 def _targets_line(record: dict[str, Any]) -> str:
     first, own = record["first_target"], record["model_first_target"]
     shown = max(first, 1)
-    scope = (f"targets at positions {shown}..{record['window_tokens'] - 1} of each window "
-             f"({record['scored_targets_per_window']} per window, {record['scored_targets']:,} in all)")
+    scope = (
+        f"targets at positions {shown}..{record['window_tokens'] - 1} of each window "
+        f"({record['scored_targets_per_window']} per window, {record['scored_targets']:,} in all)"
+    )
     if first == own and record["decoder"] == "routed":
-        why = (f"the routed model's rule: from its routing prefix P = {own} on; "
-               f"compare a plain run with --first-target {own}")
+        why = (
+            f"the routed model's rule: from its routing prefix P = {own} on; "
+            f"compare a plain run with --first-target {own}"
+        )
     elif first == own:
         why = "the plain model's rule: every target; compare with a routed run using --first-target P"
     else:

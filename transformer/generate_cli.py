@@ -47,18 +47,30 @@ def add_generate_commands(commands: Any) -> None:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", type=Path, required=True, help="the run directory (its train.out_dir)")
-    parser.add_argument("--checkpoint", default="latest", metavar="latest|best|PATH",
-                        help="which checkpoint of the run (default: latest)")
+    parser.add_argument(
+        "--checkpoint",
+        default="latest",
+        metavar="latest|best|PATH",
+        help="which checkpoint of the run (default: latest)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device to run on (default: cpu)")
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="0: greedy; 1 (default): the model's own distribution; above 1: flatter")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="0: greedy; 1 (default): the model's own distribution; above 1: flatter",
+    )
     parser.add_argument("--top-k", type=int, default=None, help="sample only from the K most likely tokens")
-    parser.add_argument("--top-p", type=float, default=None,
-                        help="sample only from the smallest set of most likely tokens holding probability P")
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="sample only from the smallest set of most likely tokens holding probability P",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling (same seed: same text)")
 
 
@@ -104,9 +116,10 @@ def continuation(run: "TrainedRun", prompt: str, settings: Settings, generator: 
 
     ids = run.tokenizer.encode(prompt) or [run.tokenizer.eot_id]
     tokens = torch.tensor([ids], device=next(run.model.parameters()).device)
-    out = generate(run.model, tokens, settings.max_new_tokens, settings.temperature, settings.top_k,
-                   settings.top_p, generator)
-    return run.tokenizer.decode(out.tokens[0, len(ids):].tolist())
+    out = generate(
+        run.model, tokens, settings.max_new_tokens, settings.temperature, settings.top_k, settings.top_p, generator
+    )
+    return run.tokenizer.decode(out.tokens[0, len(ids) :].tolist())
 
 
 def chat(run: "TrainedRun", settings: Settings, generator: "torch.Generator", lines: TextIO) -> None:

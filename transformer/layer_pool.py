@@ -39,11 +39,7 @@ class LayerPool(nn.Module):
         if len(group_sizes) > pool_size:
             raise IndexError(f"route names layer {int(choice.max())}; the pool has {pool_size}")
         groups = resid[order].split(group_sizes)
-        masks = (
-            key_padding_mask[order].split(group_sizes)
-            if key_padding_mask is not None
-            else [None] * pool_size
-        )
+        masks = key_padding_mask[order].split(group_sizes) if key_padding_mask is not None else [None] * pool_size
         if cache is None:
             outputs = [layer(group, mask) for layer, group, mask in zip(self.layers, groups, masks, strict=True)]
             return torch.cat(outputs)[torch.argsort(order)]

@@ -35,15 +35,11 @@ class MLP(nn.Module):
         self.activation = F.gelu if self.fast else gelu
         self.W_in = nn.Parameter(torch.randn(d_model, d_mlp) * cfg.init_std)
         self.b_in = nn.Parameter(torch.zeros(d_mlp)) if cfg.bias else None
-        self.W_gate = (
-            nn.Parameter(torch.randn(d_model, d_mlp) * cfg.init_std) if self.gated else None
-        )
+        self.W_gate = nn.Parameter(torch.randn(d_model, d_mlp) * cfg.init_std) if self.gated else None
         self.W_out = nn.Parameter(torch.randn(d_mlp, d_model) * cfg.residual_out_std)
         self.b_out = nn.Parameter(torch.zeros(d_model)) if cfg.bias else None
 
-    def forward(
-        self, x: Float[Tensor, "batch pos d_model"]
-    ) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         pre = self._affine(x, self.W_in, self.b_in)
         if self.W_gate is not None:
             hidden = silu(x @ self.W_gate) * pre

@@ -23,9 +23,7 @@ class LayerNorm(nn.Module):
         self.w = nn.Parameter(torch.ones(d_model))
         self.b = nn.Parameter(torch.zeros(d_model))
 
-    def forward(
-        self, x: Float[Tensor, "*batch d_model"]
-    ) -> Float[Tensor, "*batch d_model"]:
+    def forward(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
         if self.fast:
             return F.layer_norm(x, self.w.shape, self.w, self.b, self.eps)
         centred = x - x.mean(dim=-1, keepdim=True)
@@ -40,9 +38,7 @@ class RMSNorm(nn.Module):
         self.fast = fast
         self.w = nn.Parameter(torch.ones(d_model))
 
-    def forward(
-        self, x: Float[Tensor, "*batch d_model"]
-    ) -> Float[Tensor, "*batch d_model"]:
+    def forward(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
         if self.fast:
             return F.rms_norm(x, self.w.shape, self.w, self.eps)
         mean_square = x.pow(2).mean(dim=-1, keepdim=True)

@@ -17,10 +17,19 @@ def add_plot_command(commands: "argparse._SubParsersAction[argparse.ArgumentPars
         "See docs/plots.md.",
     )
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="a run directory (its train.out_dir)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the PNGs (default: RUN/plots for one run, ./plots for several)")
-    parser.add_argument("--labels", nargs="+", default=None, metavar="NAME",
-                        help="one name per run for titles and legends (default: the run folders' names)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the PNGs (default: RUN/plots for one run, ./plots for several)",
+    )
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="one name per run for titles and legends (default: the run folders' names)",
+    )
 
 
 def run_plot(args: argparse.Namespace) -> int:

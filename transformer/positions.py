@@ -16,9 +16,7 @@ from torch import Tensor, nn
 
 def _check_length(pos: int, offset: int, n_ctx: int) -> None:
     if offset + pos > n_ctx:
-        raise ValueError(
-            f"sequence of {offset + pos} positions is longer than the model's context n_ctx={n_ctx}"
-        )
+        raise ValueError(f"sequence of {offset + pos} positions is longer than the model's context n_ctx={n_ctx}")
 
 
 class AbsolutePositions(nn.Module):
@@ -27,9 +25,7 @@ class AbsolutePositions(nn.Module):
 
     W_pos: Tensor
 
-    def forward(
-        self, tokens: Int[Tensor, "batch pos"], offset: int = 0
-    ) -> Float[Tensor, "pos d_model"]:
+    def forward(self, tokens: Int[Tensor, "batch pos"], offset: int = 0) -> Float[Tensor, "pos d_model"]:
         pos = tokens.shape[1]
         _check_length(pos, offset, self.W_pos.shape[0])
         return self.W_pos[offset : offset + pos]
@@ -44,9 +40,7 @@ class LearnedPositions(AbsolutePositions):
 def sinusoidal_table(n_ctx: int, d_model: int) -> Float[Tensor, "n_ctx d_model"]:
     """Row p: sin(p / 10000^(2i/d)) in even columns, cos of the same angle in odd ones."""
     position = torch.arange(n_ctx, dtype=torch.float64)[:, None]
-    frequency = torch.exp(
-        torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(10_000.0) / d_model)
-    )
+    frequency = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(10_000.0) / d_model))
     table = torch.zeros(n_ctx, d_model, dtype=torch.float64)
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency[: d_model // 2])

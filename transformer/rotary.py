@@ -27,14 +27,11 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def forward(
-        self, x: Float[Tensor, "*batch pos d_head"], offset: int = 0
-    ) -> Float[Tensor, "*batch pos d_head"]:
+    def forward(self, x: Float[Tensor, "*batch pos d_head"], offset: int = 0) -> Float[Tensor, "*batch pos d_head"]:
         pos = x.shape[-2]
         if offset + pos > self.cos.shape[0]:
             raise ValueError(
-                f"sequence of {offset + pos} positions is longer than the rotary table "
-                f"({self.cos.shape[0]} = n_ctx)"
+                f"sequence of {offset + pos} positions is longer than the rotary table ({self.cos.shape[0]} = n_ctx)"
             )
         cos = self.cos[offset : offset + pos].to(x.dtype)
         sin = self.sin[offset : offset + pos].to(x.dtype)

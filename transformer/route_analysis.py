@@ -116,8 +116,10 @@ def argmax_choices(
     model.eval()
     device = next(model.parameters()).device
     try:
-        choices = [model(windows[i : i + batch_size].to(device))[1].layer_choices.cpu()
-                   for i in range(0, len(windows), batch_size)]
+        choices = [
+            model(windows[i : i + batch_size].to(device))[1].layer_choices.cpu()
+            for i in range(0, len(windows), batch_size)
+        ]
     finally:
         model.train(was_training)
     return torch.cat(choices) if choices else windows.new_zeros((0, model.n_steps))
@@ -254,8 +256,10 @@ class RouteReport:
             "windows_per_label": self.windows_per_label,
             "pool_size": self.pool_size,
             "steps": self.n_steps,
-            "paths": [{"path": list(path), "counts": counts, "total": sum(counts.values())}
-                      for path, counts in self.path_counts.items()],
+            "paths": [
+                {"path": list(path), "counts": counts, "total": sum(counts.values())}
+                for path, counts in self.path_counts.items()
+            ],
             "distinct_paths": self.distinct_paths,
             "possible_paths": self.possible_paths,
             "usage": self.usage,

@@ -42,9 +42,7 @@ class Router(nn.Module):
         """Restart route sampling from `seed` (each distributed rank uses its own)."""
         self.generator.manual_seed(seed)
 
-    def summary(
-        self, resid: Float[Tensor, "batch pos d_model"], step: int
-    ) -> Float[Tensor, "batch d_model"]:
+    def summary(self, resid: Float[Tensor, "batch pos d_model"], step: int) -> Float[Tensor, "batch d_model"]:
         if resid.shape[1] < self.prefix_len:
             raise ValueError(
                 f"sequence of {resid.shape[1]} positions is shorter than the routing prefix "
@@ -53,9 +51,7 @@ class Router(nn.Module):
         prefix: Tensor = self.ln(resid[:, : self.prefix_len])
         return prefix.mean(dim=1) + self.W_step[step]
 
-    def forward(
-        self, resid: Float[Tensor, "batch pos d_model"], step: int
-    ) -> Float[Tensor, "batch n_pool"]:
+    def forward(self, resid: Float[Tensor, "batch pos d_model"], step: int) -> Float[Tensor, "batch n_pool"]:
         summary = self.summary(resid, step)
         # float32 even under bf16 autocast: rounding must not decide routes
         with torch.autocast(summary.device.type, enabled=False):

@@ -22,14 +22,24 @@ def add_routes_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         "routes",
         help="the path each sequence takes through a routed run, and its mutual information with a label",
         description="Count the argmax paths of windows from one or more sources (one label per source) and "
-                    "measure I(path; label) against a shuffled-label baseline.",
+        "measure I(path; label) against a shuffled-label baseline.",
     )
     parser.add_argument("--run", type=Path, required=True, help="the run directory (train.out_dir)")
     parser.add_argument("--checkpoint", default="latest", metavar="latest|best|PATH")
-    parser.add_argument("--data", action="append", required=True, metavar="SOURCE",
-                        help="a source of windows (builtin, a file, a folder, hf:...); repeat for each label")
-    parser.add_argument("--labels", nargs="+", default=None, metavar="NAME",
-                        help="one name per --data source (default: the sources as given)")
+    parser.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="SOURCE",
+        help="a source of windows (builtin, a file, a folder, hf:...); repeat for each label",
+    )
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="one name per --data source (default: the sources as given)",
+    )
     parser.add_argument("--windows", type=int, default=200, metavar="N", help="windows drawn from each source")
     parser.add_argument("--permutations", type=int, default=100, help="label shuffles for the baseline")
     parser.add_argument("--seed", type=int, default=0, help="seeds the window draw and the label shuffles")
@@ -83,9 +93,13 @@ def routes_command(args: argparse.Namespace) -> dict[str, Any]:
         window_labels += [label] * len(picked)
     report = analyse_routes(paths, window_labels, model.routing.pool_size, args.permutations, args.seed, labels)
     return {
-        "run": str(args.run), "checkpoint": str(run.checkpoint), "step": run.step,
-        "sources": dict(zip(labels, args.data, strict=True)), "route_prefix_len": model.routing.route_prefix_len,
-        "seed": args.seed, **report.as_dict(),
+        "run": str(args.run),
+        "checkpoint": str(run.checkpoint),
+        "step": run.step,
+        "sources": dict(zip(labels, args.data, strict=True)),
+        "route_prefix_len": model.routing.route_prefix_len,
+        "seed": args.seed,
+        **report.as_dict(),
     }
 
 
@@ -106,16 +120,23 @@ def summary(record: dict[str, Any]) -> str:
         cells = "  ".join(f"{row['counts'][label]:>{width}}" for label in labels)
         lines.append(f"{_path(row['path']):<{path_width}}  {cells}  {row['total']:>{width}}")
     lines.append("")
-    lines.append(f"distinct paths: {record['distinct_paths']} of {record['possible_paths']}; "
-                 f"H(path) {record['path_entropy_bits']:.3f} bits, H(label) {record['label_entropy_bits']:.3f} bits")
+    lines.append(
+        f"distinct paths: {record['distinct_paths']} of {record['possible_paths']}; "
+        f"H(path) {record['path_entropy_bits']:.3f} bits, H(label) {record['label_entropy_bits']:.3f} bits"
+    )
     for step, (fractions, entropy) in enumerate(zip(record["usage"], record["usage_entropy_bits"], strict=True)):
-        lines.append(f"step {step} usage: " + " ".join(f"{f:.2f}" for f in fractions)
-                     + f" (entropy {entropy:.3f} of {math.log2(pool):.3f} bits)")
+        lines.append(
+            f"step {step} usage: "
+            + " ".join(f"{f:.2f}" for f in fractions)
+            + f" (entropy {entropy:.3f} of {math.log2(pool):.3f} bits)"
+        )
     lines.append("I(path; label): " + _information(record["mutual_information"]))
     for step, info in enumerate(record["per_step_mutual_information"]):
         lines.append(f"I(layer at step {step}; label): " + _information(info))
-    lines.append("The plug-in MI of a finite sample is biased upward; only the excess over the shuffled "
-                 "baseline (and a small p) says the route depends on the label.")
+    lines.append(
+        "The plug-in MI of a finite sample is biased upward; only the excess over the shuffled "
+        "baseline (and a small p) says the route depends on the label."
+    )
     return "\n".join(lines)
 
 
@@ -124,5 +145,7 @@ def _path(path: list[int]) -> str:
 
 
 def _information(info: dict[str, float]) -> str:
-    return (f"{info['observed']:.4f} bits; shuffled labels {info['shuffled_mean']:.4f} ± {info['shuffled_std']:.4f} "
-            f"({int(info['permutations'])} permutations); excess {info['excess']:.4f} bits, p = {info['p_value']:.3f}")
+    return (
+        f"{info['observed']:.4f} bits; shuffled labels {info['shuffled_mean']:.4f} ± {info['shuffled_std']:.4f} "
+        f"({int(info['permutations'])} permutations); excess {info['excess']:.4f} bits, p = {info['p_value']:.3f}"
+    )

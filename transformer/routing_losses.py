@@ -26,9 +26,7 @@ def count_choices(
     choices: Int[Tensor, "batch steps"], pool_size: int, all_ranks: bool
 ) -> Float[Tensor, "steps n_pool"]:
     """How many sequences each step sent to each layer; summed over ranks when asked."""
-    counts = torch.stack(
-        [torch.bincount(step_choices, minlength=pool_size) for step_choices in choices.T]
-    ).float()
+    counts = torch.stack([torch.bincount(step_choices, minlength=pool_size) for step_choices in choices.T]).float()
     if all_ranks and dist.is_available() and dist.is_initialized():
         dist.all_reduce(counts)
     return counts

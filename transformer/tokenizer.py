@@ -211,9 +211,7 @@ def train_tokenizer(kind: str, documents: Sequence[str], vocab_size: int | None 
     if kind not in KINDS:
         raise TokenizerError(f"tokenizer kind must be one of {', '.join(KINDS)}; got {kind!r}")
     if vocab_size is not None and vocab_size < MIN_VOCAB_SIZE:
-        raise TokenizerError(
-            f"vocab size must be at least {MIN_VOCAB_SIZE} (256 bytes + {EOT}), got {vocab_size}"
-        )
+        raise TokenizerError(f"vocab size must be at least {MIN_VOCAB_SIZE} (256 bytes + {EOT}), got {vocab_size}")
     if not any(documents):
         raise TokenizerError("cannot train a tokenizer on an empty corpus")
     if kind == "char":
@@ -318,8 +316,7 @@ def analyze(
         "rare_learned_fraction": rare_learned,
         "suggested_vocab_size": suggested,
         "suggestion_rule": (
-            f"largest {sizes} at which >= {coverage:.0%} of learned tokens "
-            f"occur >= {min_count} times in the corpus"
+            f"largest {sizes} at which >= {coverage:.0%} of learned tokens occur >= {min_count} times in the corpus"
         ),
         "suggestion_capped": int(suggested == tokenizer.vocab_size),
     }
@@ -340,9 +337,7 @@ def _largest_supported(smallest: int, largest: int, step: int, supported: Callab
     return sizes[low]
 
 
-def _token_counts(
-    tokenizer: TextTokenizer, texts: list[str], minlength: int
-) -> np.ndarray[Any, np.dtype[np.int64]]:
+def _token_counts(tokenizer: TextTokenizer, texts: list[str], minlength: int) -> np.ndarray[Any, np.dtype[np.int64]]:
     counts = np.zeros(max(minlength, tokenizer.vocab_size), dtype=np.int64)
     for ids in tokenizer.encode_batch_numpy(texts):
         counts += np.bincount(ids, minlength=len(counts))

@@ -18,9 +18,13 @@ def add_tokenizer_commands(subparsers: Any) -> None:
 
     train = commands.add_parser("train", help="learn a char or byte-level BPE tokenizer, write tokenizer.json")
     train.add_argument("--kind", choices=("char", "bpe"), required=True)
-    train.add_argument("--vocab-size", type=int, default=None,
-                       help="bpe: required, at least 257 (256 bytes + <|endoftext|>); "
-                            "char: optional cap (most frequent characters kept)")
+    train.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="bpe: required, at least 257 (256 bytes + <|endoftext|>); "
+        "char: optional cap (most frequent characters kept)",
+    )
     train.add_argument("--data", default=None, help=_DATA_HELP)
     train.add_argument("--out", type=Path, required=True, help="tokenizer.json path (or a folder for it)")
 
@@ -30,8 +34,9 @@ def add_tokenizer_commands(subparsers: Any) -> None:
     which.add_argument("--kind", choices=("char", "bpe"), help="train this kind on --data, then analyze it")
     analyze.add_argument("--vocab-size", type=int, default=None, help="with --kind: the size to train")
     analyze.add_argument("--data", default=None, help=_DATA_HELP)
-    analyze.add_argument("--min-count", type=int, default=None,
-                         help="a token seen fewer times than this counts as rare (default 20)")
+    analyze.add_argument(
+        "--min-count", type=int, default=None, help="a token seen fewer times than this counts as rare (default 20)"
+    )
 
     encode = commands.add_parser("encode", help="print the ids and tokens of a text")
     encode.add_argument("--tokenizer", type=Path, required=True)
@@ -64,13 +69,19 @@ def _train(args: argparse.Namespace) -> None:
     tokenizer.save(args.out)
     n_characters = sum(len(document) for document in documents)
     n_tokens = sum(len(ids) for ids in tokenizer.encode_batch_numpy(list(documents)))
-    print(f"trained a {tokenizer.kind} tokenizer: {tokenizer.vocab_size:,} tokens "
-          f"(256 bytes + <|endoftext|> + {tokenizer.vocab_size - 257:,} learned)")
+    print(
+        f"trained a {tokenizer.kind} tokenizer: {tokenizer.vocab_size:,} tokens "
+        f"(256 bytes + <|endoftext|> + {tokenizer.vocab_size - 257:,} learned)"
+    )
     if args.vocab_size is not None and tokenizer.vocab_size < args.vocab_size:
-        print(f"  (asked for {args.vocab_size:,}: the corpus has no more "
-              f"{'characters' if tokenizer.kind == 'char' else 'pairs seen twice'} to add)")
-    print(f"corpus: {len(documents):,} documents, {n_characters:,} characters -> {n_tokens:,} tokens "
-          f"({n_characters / max(n_tokens, 1):.2f} characters per token)")
+        print(
+            f"  (asked for {args.vocab_size:,}: the corpus has no more "
+            f"{'characters' if tokenizer.kind == 'char' else 'pairs seen twice'} to add)"
+        )
+    print(
+        f"corpus: {len(documents):,} documents, {n_characters:,} characters -> {n_tokens:,} tokens "
+        f"({n_characters / max(n_tokens, 1):.2f} characters per token)"
+    )
     print(f"wrote {args.out}; `transformer tokenizer analyze --tokenizer {args.out}` suggests a vocab size")
 
 

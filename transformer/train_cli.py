@@ -13,14 +13,25 @@ def add_train_command(commands: "argparse._SubParsersAction[argparse.ArgumentPar
         description="Train a decoder. Under torchrun, every process runs this command: "
         "torchrun --standalone --nproc_per_node=N -m transformer train ...",
     )
-    parser.add_argument("--config", type=Path, default=None,
-                        help="run config YAML (default: configs/tiny-routed.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config value, e.g. --set train.max_steps=200 --set routing=null")
-    parser.add_argument("--resume", default=None, metavar="latest|best|PATH",
-                        help="continue the run in train.out_dir from a checkpoint")
-    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
-                        help="stop (with a checkpoint) after this step, keeping the schedule of train.max_steps")
+    parser.add_argument("--config", type=Path, default=None, help="run config YAML (default: configs/tiny-routed.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.max_steps=200 --set routing=null",
+    )
+    parser.add_argument(
+        "--resume", default=None, metavar="latest|best|PATH", help="continue the run in train.out_dir from a checkpoint"
+    )
+    parser.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="stop (with a checkpoint) after this step, keeping the schedule of train.max_steps",
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:

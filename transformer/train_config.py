@@ -50,8 +50,17 @@ class TrainSettings:
     out_dir: str = "runs/default"
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
-                     "log_interval", "checkpoint_interval", "keep_last", "max_bad_steps"):
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "eval_interval",
+            "eval_batches",
+            "log_interval",
+            "checkpoint_interval",
+            "keep_last",
+            "max_bad_steps",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"train.{name}={value!r} must be a positive integer")

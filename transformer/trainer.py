@@ -167,8 +167,11 @@ class _Run:
         self.step, self.best_val, self.skipped = state["step"], state["best_val"], state["skipped"]
         rank, saved_world = self.process.rank, len(state["data_rng"])
         if saved_world != self.process.world_size and self.process.is_main:
-            print(f"warning: checkpoint was written by {saved_world} processes, now {self.process.world_size}: "
-                  "data and routing streams restart, so the resume is not exact", file=sys.stderr)
+            print(
+                f"warning: checkpoint was written by {saved_world} processes, now {self.process.world_size}: "
+                "data and routing streams restart, so the resume is not exact",
+                file=sys.stderr,
+            )
         if rank < saved_world:
             self.data_generator.set_state(state["data_rng"][rank])
             if isinstance(self.model, RoutedDecoder):
@@ -186,8 +189,13 @@ class _Run:
         last = min(settings.max_steps, stop_at) if stop_at is not None else settings.max_steps
         if main:
             self._announce()
-        progress = tqdm(total=settings.max_steps, initial=self.step, desc="train", disable=None if main else True,
-                        dynamic_ncols=True)
+        progress = tqdm(
+            total=settings.max_steps,
+            initial=self.step,
+            desc="train",
+            disable=None if main else True,
+            dynamic_ncols=True,
+        )
         evaluation: Evaluation | None = None
         interrupted, bad_in_a_row = False, 0
         try:
@@ -261,9 +269,12 @@ class _Run:
         record: dict[str, Any] = {"loss": self._rank_mean(loss), "lr": lr, "grad_norm": float(grad_norm)}
         if routing_infos and isinstance(self.model, RoutedDecoder):
             info = routing_infos[-1]  # its counts cover the whole window: all micro-batches, all ranks
-            record.update(usage_entropy=float(info.usage_entropy), decision_entropy=float(info.decision_entropy),
-                          usage=(info.counts / info.counts.sum(-1, keepdim=True)).tolist(),
-                          temperature=self.model.router.temperature)
+            record.update(
+                usage_entropy=float(info.usage_entropy),
+                decision_entropy=float(info.decision_entropy),
+                usage=(info.counts / info.counts.sum(-1, keepdim=True)).tolist(),
+                temperature=self.model.router.temperature,
+            )
         return record
 
     @contextlib.contextmanager
@@ -301,23 +312,39 @@ class _Run:
         n_params = sum(p.numel() for p in self.model.parameters())
         kind = "routed" if isinstance(self.model, RoutedDecoder) else "plain"
         resumed = f", resuming at step {self.step}" if self.step else ""
-        print(f"{kind} decoder, {n_params:,} parameters; vocabulary {self.tokenizer.vocab_size}; "
-              f"{len(self.data.train):,} training tokens; {self.process.world_size} process(es) on "
-              f"{self.process.device.type}; {self.tokens_per_step:,} tokens per step; run dir {self.run_dir}{resumed}")
+        print(
+            f"{kind} decoder, {n_params:,} parameters; vocabulary {self.tokenizer.vocab_size}; "
+            f"{len(self.data.train):,} training tokens; {self.process.world_size} process(es) on "
+            f"{self.process.device.type}; {self.tokens_per_step:,} tokens per step; run dir {self.run_dir}{resumed}"
+        )
 
     def _log_train(self, record: dict[str, Any], elapsed: float) -> None:
         tokens_per_s = self.tokens_per_step / elapsed
         mfu = self.flops_per_step / elapsed / self.peak if self.peak else None
-        self.log.write({"kind": "train", "step": self.step, "tokens": self.step * self.tokens_per_step,
-                        "tokens_per_s": tokens_per_s, "mfu": mfu, "skipped_steps": self.skipped, **record})
+        self.log.write(
+            {
+                "kind": "train",
+                "step": self.step,
+                "tokens": self.step * self.tokens_per_step,
+                "tokens_per_s": tokens_per_s,
+                "mfu": mfu,
+                "skipped_steps": self.skipped,
+                **record,
+            }
+        )
 
     def _maybe_evaluate(self, last: int) -> Evaluation | None:
         if self.step % self.settings.eval_interval and self.step != last:
             return None
-        evaluation = evaluate(self.model, self._val_batches(), self.settings.eval_route_samples,
-                              seed=stream_seed(self.settings.seed, self.process.rank, EVAL_STREAM))
-        self.log.write({"kind": "eval", "step": self.step, "tokens": self.step * self.tokens_per_step,
-                        **evaluation.as_record()})
+        evaluation = evaluate(
+            self.model,
+            self._val_batches(),
+            self.settings.eval_route_samples,
+            seed=stream_seed(self.settings.seed, self.process.rank, EVAL_STREAM),
+        )
+        self.log.write(
+            {"kind": "eval", "step": self.step, "tokens": self.step * self.tokens_per_step, **evaluation.as_record()}
+        )
         if self.process.is_main:
             routed = f", sampled routes {evaluation.sampled_route_loss:.4f}" if evaluation.sampled_route_loss else ""
             tqdm.write(f"step {self.step}: val loss {evaluation.val_loss:.4f} (ppl {evaluation.val_ppl:.2f}){routed}")
@@ -327,8 +354,10 @@ class _Run:
         """The same validation windows at every evaluation, split between the ranks."""
         generator = torch.Generator().manual_seed(stream_seed(self.settings.seed, 0, VAL_WINDOWS_STREAM))
         n_ctx = self.model.cfg.n_ctx
-        batches = [self.data.sample_windows("val", self.settings.batch_size, n_ctx, generator)
-                   for _ in range(self.settings.eval_batches)]
+        batches = [
+            self.data.sample_windows("val", self.settings.batch_size, n_ctx, generator)
+            for _ in range(self.settings.eval_batches)
+        ]
         mine = batches[self.process.rank :: self.process.world_size]
         return [batch.to(self.process.device) for batch in mine]
 
@@ -366,13 +395,21 @@ class _Run:
 
     def _finish(self, final: float | None) -> None:
         if final is not None:
-            print(f"final val loss {final:.4f} (perplexity {math.exp(final):.2f}) after {self.step} steps; "
-                  f"{self.skipped} skipped; checkpoints in {ckpt.checkpoints_dir(self.run_dir)}")
+            print(
+                f"final val loss {final:.4f} (perplexity {math.exp(final):.2f}) after {self.step} steps; "
+                f"{self.skipped} skipped; checkpoints in {ckpt.checkpoints_dir(self.run_dir)}"
+            )
         if self.settings.sample_tokens:
             prompt_len = max(first_scored_target(self.model), 8)
             prompt = torch.as_tensor(self.data.val[:prompt_len].astype("int64"))[None].to(self.process.device)
-            out = generate(self.model, prompt, self.settings.sample_tokens, temperature=0.8, top_k=40,
-                           generator=torch.Generator().manual_seed(self.settings.seed))
+            out = generate(
+                self.model,
+                prompt,
+                self.settings.sample_tokens,
+                temperature=0.8,
+                top_k=40,
+                generator=torch.Generator().manual_seed(self.settings.seed),
+            )
             print("sample:", self.tokenizer.decode(out.tokens[0].tolist()))
 
 

@@ -50,9 +50,7 @@ def shape_checks_paused() -> Iterator[None]:
         jaxtyping.config.update("jaxtyping_disable", was_disabled)
 
 
-def train(
-    model: nn.Module, loss_of_step: Callable[[int], Tensor], steps: int, lr: float
-) -> float:
+def train(model: nn.Module, loss_of_step: Callable[[int], Tensor], steps: int, lr: float) -> float:
     """AdamW without weight decay; `loss_of_step(step)` draws a batch and returns its loss.
     Returns the last step's loss."""
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)

@@ -54,8 +54,15 @@ def torch_encoder_layer(layer: TransformerLayer) -> nn.TransformerEncoderLayer:
     assert mlp.b_in is not None and mlp.b_out is not None
     n_heads, d_model, _ = layer.attn.W_Q.shape
     reference = nn.TransformerEncoderLayer(
-        d_model, n_heads, dim_feedforward=mlp.W_in.shape[1], dropout=0.0, activation="gelu",
-        layer_norm_eps=ln1.eps, batch_first=True, norm_first=True, dtype=mlp.W_in.dtype,
+        d_model,
+        n_heads,
+        dim_feedforward=mlp.W_in.shape[1],
+        dropout=0.0,
+        activation="gelu",
+        layer_norm_eps=ln1.eps,
+        batch_first=True,
+        norm_first=True,
+        dtype=mlp.W_in.dtype,
     )
     load_attention_into(reference.self_attn, layer.attn)
     with torch.no_grad():

@@ -91,8 +91,18 @@ def _train_curve(ax: Axes, x: Sequence[float], y: Sequence[float], colour: str, 
 
 
 def _eval_curve(ax: Axes, x: Sequence[float], y: Sequence[float], colour: str, label: str) -> None:
-    ax.plot(x, y, color=colour, linestyle="--", linewidth=1.2, marker="o", markersize=4.5,
-            markeredgecolor="black", markeredgewidth=0.6, label=label)
+    ax.plot(
+        x,
+        y,
+        color=colour,
+        linestyle="--",
+        linewidth=1.2,
+        marker="o",
+        markersize=4.5,
+        markeredgecolor="black",
+        markeredgewidth=0.6,
+        label=label,
+    )
 
 
 def _note(ax: Axes, text: str) -> None:
@@ -103,8 +113,10 @@ def _size_line(history: RunHistory) -> str:
     size = history.size
     if size is None:
         return history.label
-    return (f"{history.label}: {size.parameters:,} parameters, {size.active:,} active per token, "
-            f"{size.flops_per_token:.3g} training FLOPs per token")
+    return (
+        f"{history.label}: {size.parameters:,} parameters, {size.active:,} active per token, "
+        f"{size.flops_per_token:.3g} training FLOPs per token"
+    )
 
 
 def _flops_series(history: RunHistory, records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -157,8 +169,11 @@ def lr_figure(history: RunHistory, colour: str) -> Figure:
         axes[0].set_ylim(bottom=0)
         if temperature[0]:
             axes[1].plot(*temperature, color=colour, linewidth=1.8)
-            axes[1].set(xlabel="optimizer step", ylabel="temperature τ",
-                        title="Routing temperature (Gumbel sampling in training)")
+            axes[1].set(
+                xlabel="optimizer step",
+                ylabel="temperature τ",
+                title="Routing temperature (Gumbel sampling in training)",
+            )
             axes[1].set_ylim(bottom=0)
         figure.suptitle(f"{history.label}: schedules")
     return figure
@@ -172,13 +187,17 @@ def throughput_figure(history: RunHistory, colour: str) -> Figure:
         if rate:
             _train_curve(ax, steps, rate, colour, "tokens/s (moving average; faint: per logged step)")
             median = float(np.median(rate))
-            ax.axhline(median, color=REFERENCE_COLOUR, linestyle="--", linewidth=1.2,
-                       label=f"median {median:,.0f} tokens/s")
+            ax.axhline(
+                median, color=REFERENCE_COLOUR, linestyle="--", linewidth=1.2, label=f"median {median:,.0f} tokens/s"
+            )
             ax.legend(loc="lower right")
             ax.set_ylim(0, float(np.percentile(rate, 99)) * 1.15)
         ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))  # a slow first step must not flatten the rest
-        ax.set(xlabel="optimizer step", ylabel="throughput (tokens/s)",
-               title=f"{history.label}: training throughput (evaluation and checkpoint time excluded)")
+        ax.set(
+            xlabel="optimizer step",
+            ylabel="throughput (tokens/s)",
+            title=f"{history.label}: training throughput (evaluation and checkpoint time excluded)",
+        )
     return figure
 
 
@@ -193,8 +212,15 @@ def usage_heatmap_figure(history: RunHistory) -> Figure:
         axes = figure.subplots(n_routing, 1, sharex=True, squeeze=False)[:, 0]
         mesh = None
         for k, ax in enumerate(axes):
-            mesh = ax.pcolormesh(_edges(steps), np.arange(pool + 1) - 0.5, usage[:, k, :].T,
-                                 cmap="viridis", vmin=0.0, vmax=1.0, shading="flat")
+            mesh = ax.pcolormesh(
+                _edges(steps),
+                np.arange(pool + 1) - 0.5,
+                usage[:, k, :].T,
+                cmap="viridis",
+                vmin=0.0,
+                vmax=1.0,
+                shading="flat",
+            )
             ax.set_yticks(range(pool))
             ax.set_ylabel("pool layer")
             ax.set_title(f"routing step {k}", loc="left")
@@ -202,8 +228,10 @@ def usage_heatmap_figure(history: RunHistory) -> Figure:
         axes[-1].set_xlabel("optimizer step")
         if mesh is not None:
             figure.colorbar(mesh, ax=list(axes), label="fraction of the batch's sequences", shrink=0.9)
-        figure.suptitle(f"{history.label}: layer usage per routing step (training batches, sampled routes; "
-                        f"even use = {1 / pool:.2f})")
+        figure.suptitle(
+            f"{history.label}: layer usage per routing step (training batches, sampled routes; "
+            f"even use = {1 / pool:.2f})"
+        )
     return figure
 
 
@@ -220,8 +248,10 @@ def entropy_figure(history: RunHistory) -> Figure:
     with _style():
         figure = Figure(figsize=(12, 4.6), layout="constrained")
         ax = figure.subplots()
-        for key, colour, what in (("usage_entropy", USAGE_COLOUR, "usage entropy"),
-                                  ("decision_entropy", DECISION_COLOUR, "decision entropy")):
+        for key, colour, what in (
+            ("usage_entropy", USAGE_COLOUR, "usage entropy"),
+            ("decision_entropy", DECISION_COLOUR, "decision entropy"),
+        ):
             steps, values = _series(history.train, key)
             if steps:
                 tau = " at τ" if key == "decision_entropy" else ", sampled routes"
@@ -230,11 +260,19 @@ def entropy_figure(history: RunHistory) -> Figure:
             if steps:
                 tau = ", τ = 1" if key == "decision_entropy" else ", argmax routes"
                 _eval_curve(ax, steps, values, colour, f"{what} (validation{tau})")
-        ax.axhline(ln_n, color=REFERENCE_COLOUR, linestyle=":", linewidth=1.5,
-                   label=f"ln N = {ln_n:.3f} (uniform over {history.pool_size} layers)")
+        ax.axhline(
+            ln_n,
+            color=REFERENCE_COLOUR,
+            linestyle=":",
+            linewidth=1.5,
+            label=f"ln N = {ln_n:.3f} (uniform over {history.pool_size} layers)",
+        )
         ax.set_ylim(0, ln_n * 1.12)
-        ax.set(xlabel="optimizer step", ylabel="entropy (nats)",
-               title=f"{history.label}: routing entropy (usage: spread over layers; decision: router's doubt)")
+        ax.set(
+            xlabel="optimizer step",
+            ylabel="entropy (nats)",
+            title=f"{history.label}: routing entropy (usage: spread over layers; decision: router's doubt)",
+        )
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure
 
@@ -247,8 +285,13 @@ def paths_figure(counts: RouteCounts, label: str) -> Figure:
         ax = figure.subplots()
         names = ["→".join(str(layer) for layer in path) for path, _ in ranked]
         ax.bar(range(len(ranked)), [n / counts.windows for _, n in ranked], width=0.7, color=RUN_COLOURS[0])
-        ax.axhline(1 / possible, color=REFERENCE_COLOUR, linestyle="--", linewidth=1.2,
-                   label=f"every path equally often: 1/{possible} = {1 / possible:.3g}")
+        ax.axhline(
+            1 / possible,
+            color=REFERENCE_COLOUR,
+            linestyle="--",
+            linewidth=1.2,
+            label=f"every path equally often: 1/{possible} = {1 / possible:.3g}",
+        )
         tilt = len(ranked) > 8
         ax.set_xticks(range(len(ranked)), names, rotation=45 if tilt else 0, ha="right" if tilt else "center")
         ax.set_xlim(-0.6, max(len(ranked), 6) - 0.4)
@@ -256,10 +299,14 @@ def paths_figure(counts: RouteCounts, label: str) -> Figure:
         ax.grid(False, axis="x")
         ax.legend(loc="upper right")
         shown = f"the {len(ranked)} most frequent shown" if len(counts.paths) > len(ranked) else "all shown"
-        ax.set_title(f"{len(counts.paths)} of {possible} possible paths used ({shown}); path entropy "
-                     f"{counts.entropy():.3f} nats of at most ln {possible} = {math.log(possible):.3f}")
-        figure.suptitle(f"{label}: argmax routes of {counts.windows} validation windows, checkpoint at step "
-                        f"{counts.checkpoint_step}")
+        ax.set_title(
+            f"{len(counts.paths)} of {possible} possible paths used ({shown}); path entropy "
+            f"{counts.entropy():.3f} nats of at most ln {possible} = {math.log(possible):.3f}"
+        )
+        figure.suptitle(
+            f"{label}: argmax routes of {counts.windows} validation windows, checkpoint at step "
+            f"{counts.checkpoint_step}"
+        )
     return figure
 
 
@@ -288,6 +335,10 @@ def compare_figure(histories: Sequence[RunHistory]) -> Figure:
         ax.legend(loc="upper right")
         _perplexity_axis(ax)
         if len({h.routed for h in histories}) > 1:
-            figure.supxlabel("Not the same positions: a routed loss scores targets from its routing prefix P on, "
-                             "a plain loss every target (docs/training.md §7).", fontsize=8.5, color=REFERENCE_COLOUR)
+            figure.supxlabel(
+                "Not the same positions: a routed loss scores targets from its routing prefix P on, "
+                "a plain loss every target (docs/training.md §7).",
+                fontsize=8.5,
+                color=REFERENCE_COLOUR,
+            )
     return figure

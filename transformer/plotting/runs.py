@@ -180,12 +180,18 @@ def route_counts(run_dir: Path, min_windows: int = 256, batch: int = 64) -> Rout
     data = prepare_data(load_documents(settings.data), run.tokenizer, cache_dir() / "data", settings.val_fraction)
     generator = torch.Generator().manual_seed(stream_seed(settings.seed, 0, VAL_WINDOWS_STREAM))
     n_batches = max(settings.eval_batches, math.ceil(min_windows / settings.batch_size))
-    windows = torch.cat([data.sample_windows("val", settings.batch_size, model.cfg.n_ctx, generator)
-                         for _ in range(n_batches)])
+    windows = torch.cat(
+        [data.sample_windows("val", settings.batch_size, model.cfg.n_ctx, generator) for _ in range(n_batches)]
+    )
     prefixes = windows[:, : model.routing.route_prefix_len]
     routes: list[tuple[int, ...]] = []
     for start in range(0, len(prefixes), batch):
         _, info = model(prefixes[start : start + batch])
         routes += [tuple(row) for row in info.layer_choices.tolist()]
-    return RouteCounts(routes, model.routing.pool_size, model.n_steps, run.step,
-                       eval_windows=settings.eval_batches * settings.batch_size)
+    return RouteCounts(
+        routes,
+        model.routing.pool_size,
+        model.n_steps,
+        run.step,
+        eval_windows=settings.eval_batches * settings.batch_size,
+    )
