@@ -48,13 +48,13 @@ import torch
 from machine import cpu_name, load_average, proc_status_kib, reset_peak_rss, sync
 from torch import Tensor, nn
 
-from transformer import objective as objective_module
-from transformer import routed_decoder as routed_module
-from transformer.config import ModelConfig
-from transformer.decoder import Decoder
-from transformer.objective import compute_objective
-from transformer.routed_decoder import RoutedDecoder
-from transformer.routing_config import RoutingConfig
+from transformer.model.config import ModelConfig
+from transformer.model.decoder import Decoder
+from transformer.routing import decoder as routed_module
+from transformer.routing.config import RoutingConfig
+from transformer.routing.decoder import RoutedDecoder
+from transformer.training import objective as objective_module
+from transformer.training.objective import compute_objective
 
 MODELS = ("plain-4", "plain-8", "routed")
 # nanoGPT's shakespeare_char CPU recipe (its README's "I only have a macbook"), dropout 0.

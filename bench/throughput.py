@@ -43,8 +43,8 @@ from gpt_baseline import BaselineGPT
 from machine import cpu_name, proc_status_kib, reset_peak_rss, sync
 from torch import Tensor, nn
 
-from transformer.config import ModelConfig
-from transformer.decoder import Decoder
+from transformer.model.config import ModelConfig
+from transformer.model.decoder import Decoder
 
 PATHS = ("readable", "fast", "baseline")
 # nanoGPT's shakespeare_char CPU recipe (its README's "I only have a macbook"), dropout 0.

@@ -29,16 +29,16 @@ from typing import Any
 
 import torch
 
-from transformer.builtin_corpus import builtin_documents
-from transformer.lm_loss import lm_loss
-from transformer.loading import load_trained
-from transformer.route_analysis import mutual_information
-from transformer.routed_decoder import RoutedDecoder
-from transformer.routing_losses import entropy
-from transformer.run_log import active_parameters, flops_per_token
-from transformer.tokenizer import train_tokenizer
-from transformer.train_config import RunConfig, load_run_config
-from transformer.trainer import build_model, train
+from transformer.analysis.routes import mutual_information
+from transformer.data.corpus import builtin_documents
+from transformer.data.tokenizer import train_tokenizer
+from transformer.inference.loading import load_trained
+from transformer.routing.decoder import RoutedDecoder
+from transformer.routing.losses import entropy
+from transformer.training.config import RunConfig, load_run_config
+from transformer.training.lm_loss import lm_loss
+from transformer.training.run_log import active_parameters, flops_per_token
+from transformer.training.trainer import build_model, train
 
 VARIANTS = ("learned", "random", "fixed", "plain-K", "plain-N")
 POOL, STEPS, PREFIX = 6, 3, 16

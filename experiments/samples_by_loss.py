@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from transformer import checkpoint as ckpt
-from transformer.generation import generate
-from transformer.loading import load_trained
-from transformer.run_log import read_log
-from transformer.train_config import load_run_config
-from transformer.trainer import train
+from transformer.inference.generation import generate
+from transformer.inference.loading import load_trained
+from transformer.training import checkpoint as ckpt
+from transformer.training.config import load_run_config
+from transformer.training.run_log import read_log
+from transformer.training.trainer import train
 
 PROMPT = "The assert statement\n"
 

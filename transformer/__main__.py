@@ -2,6 +2,6 @@
 
 import sys
 
-from transformer.cli import main
+from transformer.commands.main import main
 
 sys.exit(main())

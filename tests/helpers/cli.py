@@ -2,7 +2,7 @@
 
 import pytest
 
-from transformer.cli import main
+from transformer.commands.main import main
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from transformer.config import ModelConfig
-from transformer.decoder import Decoder
+from transformer.model.config import ModelConfig
+from transformer.model.decoder import Decoder
 
 D_VOCAB = 16
 N_CTX = 16

@@ -2,10 +2,10 @@
 
 import torch
 
-from transformer.config import ModelConfig
-from transformer.decoder import Decoder
-from transformer.routed_decoder import RoutedDecoder
-from transformer.routing_config import RoutingConfig
+from transformer.model.config import ModelConfig
+from transformer.model.decoder import Decoder
+from transformer.routing.config import RoutingConfig
+from transformer.routing.decoder import RoutedDecoder
 
 
 def tiny_config(**overrides: object) -> ModelConfig:

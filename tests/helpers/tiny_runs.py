@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer.builtin_corpus import builtin_documents
-from transformer.decoder import DecoderEnds
-from transformer.routed_decoder import RoutedDecoder
-from transformer.train_config import RunConfig, load_run_config
+from transformer.data.corpus import builtin_documents
+from transformer.model.decoder import DecoderEnds
+from transformer.routing.decoder import RoutedDecoder
+from transformer.training.config import RunConfig, load_run_config
 
 
 def write_corpus(folder: Path, documents: int = 12) -> Path:
@@ -53,7 +53,7 @@ def prime_routers(patch: pytest.MonkeyPatch, scale: float = 5.0) -> None:
     """Make the trainer build routed models whose router readout starts random (not zero), so
     a few training steps already route different sequences to different layers: tests that
     need a non-trivial route table then do not hang on where six tiny steps happen to land."""
-    import transformer.trainer as trainer_module
+    import transformer.training.trainer as trainer_module
 
     build = trainer_module.build_model
 

@@ -9,9 +9,9 @@ after another (row h * d_head + e is head h's output e), and it multiplies by th
 import torch
 from torch import Tensor, nn
 
-from transformer.attention import Attention
-from transformer.layer import TransformerLayer
-from transformer.norm import LayerNorm
+from transformer.model.attention import Attention
+from transformer.model.layer import TransformerLayer
+from transformer.model.norm import LayerNorm
 
 
 def causal_float_mask(pos: int, dtype: torch.dtype) -> Tensor:

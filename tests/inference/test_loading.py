@@ -1,0 +1,41 @@
+"""A trained run opens to the same model that training saved; bad runs give one-line errors."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers.tiny_runs import tiny_run_config
+from transformer.inference.loading import load_trained
+from transformer.routing.decoder import RoutedDecoder
+from transformer.training import checkpoint as ckpt
+from transformer.training.objective import compute_objective
+from transformer.training.trainer import train
+
+
+def test_loads_the_saved_weights_tokenizer_and_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRANSFORMER_CACHE", str(tmp_path / "cache"))
+    config = tiny_run_config(tmp_path, True, "train.max_steps=3")
+    train(config)
+    run = load_trained(Path(config.train.out_dir))
+    assert run.step == 3 and run.config == config and isinstance(run.model, RoutedDecoder)
+    assert not run.model.training
+    text = "The assert statement"
+    assert run.tokenizer.decode(run.tokenizer.encode(text)) == text
+    from safetensors.torch import load_file
+
+    saved = load_file(str(run.checkpoint / ckpt.WEIGHTS))
+    for name, tensor in run.model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    tokens = torch.tensor([run.tokenizer.encode(text[:13])])
+    loss = compute_objective(run.model, tokens).lm_loss
+    assert torch.isfinite(loss)
+
+
+def test_bad_run_directories_and_checkpoints_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+        load_trained(tmp_path / "nowhere")
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint in"):
+        load_trained(tmp_path)
+    with pytest.raises(ckpt.CheckpointError, match="no best checkpoint"):
+        load_trained(tmp_path, "best")

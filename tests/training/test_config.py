@@ -1,0 +1,79 @@
+"""Run configs are validated whole: misspelled keys are errors naming the valid ones."""
+
+from pathlib import Path
+
+import pytest
+
+from transformer.model.config import ConfigError
+from transformer.training.config import RunConfig, TrainSettings, load_run_config
+
+CONFIGS = Path(__file__).parent.parent.parent / "configs"
+
+
+@pytest.mark.parametrize("name", ["tiny-routed", "tiny-plain", "shakespeare-char", "gpt2-small-routed"])
+def test_every_shipped_config_loads_and_builds_a_valid_model_config(name: str) -> None:
+    config = load_run_config(CONFIGS / f"{name}.yaml")
+    model = config.model_config(d_vocab=100)
+    assert model.d_vocab == 100
+    assert (config.routing is None) == (name in ("tiny-plain", "shakespeare-char"))
+    if config.routing is not None:
+        config.routing.check_fits(model)
+
+
+def test_the_default_config_is_the_tiny_routed_model() -> None:
+    assert load_run_config(None) == load_run_config(CONFIGS / "tiny-routed.yaml")
+
+
+def test_overrides_change_values_with_yaml_types() -> None:
+    config = load_run_config(
+        None, ["train.max_steps=7", "model.d_model=32", "train.lr=1e-2", "routing.gradient=none", "train.compile=true"]
+    )
+    assert config.train.max_steps == 7 and config.train.lr == 0.01 and config.train.compile is True
+    assert config.model["d_model"] == 32 and config.routing is not None and config.routing.gradient == "none"
+    assert load_run_config(None, ["routing=null"]).routing is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.max_stepz=7"], r"unknown train setting\(s\) \['max_stepz'\].*valid train settings are"),
+        (["model.d_modle=32"], r"unknown ModelConfig field\(s\) \['d_modle'\]"),
+        (["routing.pool=3"], r"unknown RoutingConfig field\(s\) \['pool'\]"),
+        (["optim.lr=3"], r"expected SECTION.KEY=VALUE"),
+        (["train.max_steps"], r"expected SECTION.KEY=VALUE"),
+        (["train.batch_size=0"], r"train.batch_size=0 must be a positive integer"),
+        (["model.d_model=30"], r"d_model=30 is not divisible by n_heads=4"),
+        (["train.tokenizer=bpe"], r"needs train.vocab_size"),
+        (["train.device=tpu"], r"train.device='tpu'"),
+        (["train.lr=0.1", "train.min_lr=0.2"], r"min_lr <= lr"),
+    ],
+)
+def test_bad_values_and_unknown_keys_are_errors_that_say_what_to_do(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(None, overrides)
+
+
+def test_unknown_sections_and_bad_files_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown config section\(s\) \['trian'\]"):
+        RunConfig.from_dict({"model": {}, "trian": {}})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_run_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_run_config(broken)
+
+
+def test_d_vocab_comes_from_the_tokenizer_unless_given_and_never_smaller() -> None:
+    config = RunConfig(model={"d_model": 32, "n_heads": 4}, routing=None, train=TrainSettings())
+    assert config.model_config(77).d_vocab == 77
+    padded = RunConfig(model={"d_model": 32, "n_heads": 4, "d_vocab": 128}, routing=None)
+    assert padded.model_config(77).d_vocab == 128
+    small = RunConfig(model={"d_model": 32, "n_heads": 4, "d_vocab": 50}, routing=None)
+    with pytest.raises(ConfigError, match="smaller than the tokenizer's vocabulary"):
+        small.model_config(77)
+
+
+def test_round_trip_through_a_plain_dict() -> None:
+    config = load_run_config(None, ["train.max_steps=9"])
+    assert RunConfig.from_dict(config.to_dict()) == config

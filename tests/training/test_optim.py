@@ -1,0 +1,59 @@
+"""Weight decay reaches matrices only; the learning rate warms up linearly, then decays by cosine."""
+
+import math
+
+import pytest
+
+from tests.helpers.routed_models import tiny_config
+from transformer.model.decoder import Decoder
+from transformer.routing.config import RoutingConfig
+from transformer.routing.decoder import RoutedDecoder
+from transformer.training.config import TrainSettings
+from transformer.training.optim import learning_rate, make_optimizer
+
+
+def _groups(model: object, settings: TrainSettings) -> tuple[set[str], set[str]]:
+    assert isinstance(model, Decoder | RoutedDecoder)
+    optimizer = make_optimizer(model, settings)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in optimizer.param_groups[0]["params"]}
+    kept = {names[id(p)] for p in optimizer.param_groups[1]["params"]}
+    assert optimizer.param_groups[0]["weight_decay"] == settings.weight_decay
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0
+    return decayed, kept
+
+
+def test_decay_applies_to_weight_matrices_and_not_to_embeddings_norms_or_biases() -> None:
+    decayed, kept = _groups(Decoder(tiny_config()), TrainSettings(weight_decay=0.1))
+    assert {"layers.0.attn.W_Q", "layers.0.mlp.W_in", "layers.0.mlp.W_out", "unembed.W_U"} <= decayed
+    assert {
+        "embed.W_E",
+        "pos_embed.W_pos",
+        "layers.0.ln1.w",
+        "layers.0.ln1.b",
+        "layers.0.attn.b_Q",
+        "unembed.b_U",
+        "ln_final.w",
+    } <= kept
+    assert not decayed & kept
+
+
+def test_routed_model_decays_the_router_readout_but_not_its_step_embedding() -> None:
+    model = RoutedDecoder(tiny_config(), RoutingConfig(pool_size=3, route_prefix_len=4))
+    decayed, kept = _groups(model, TrainSettings())
+    assert "router.W_R" in decayed and "pool.layers.2.attn.W_O" in decayed
+    assert {"router.W_step", "router.b_R", "router.ln.w"} <= kept
+    assert len(decayed) + len(kept) == len(list(model.parameters()))
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine_to_min_lr() -> None:
+    settings = TrainSettings(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    assert learning_rate(0, settings) == pytest.approx(0.1)
+    assert learning_rate(9, settings) == pytest.approx(1.0)
+    assert learning_rate(10, settings) == pytest.approx(1.0)
+    assert learning_rate(60, settings) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway: cos(pi/2) = 0
+    assert learning_rate(110, settings) == pytest.approx(0.1)
+    assert learning_rate(500, settings) == pytest.approx(0.1)
+    values = [learning_rate(s, settings) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert math.isclose(learning_rate(35, settings), 0.1 + 0.45 * (1 + math.cos(math.pi * 0.25)))

@@ -1,0 +1,60 @@
+"""`RoutingConfig`: what the routed decoder adds to a `ModelConfig`.
+
+The routed decoder applies `ModelConfig.n_layers` layers (its depth, K routing steps), each
+chosen from a pool of `pool_size` layers (N). With N = K and the route forced to step k ->
+layer k, it is exactly the plain decoder.
+"""
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from transformer.model.config import ConfigError, ModelConfig, checked_fields
+
+GRADIENT_CHOICES = ("p", "log_p", "log_p_baseline", "none")
+POLICY_CHOICES = ("learned", "random", "fixed")
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    pool_size: int = 8
+    route_prefix_len: int = 16  # P: the router reads only positions < P (causal-safe)
+    temperature_start: float = 2.0  # Gumbel sampling temperature, annealed over training
+    temperature_end: float = 0.5
+    balance_weight: float = 1e-2
+    z_loss_weight: float = 1e-3
+    gradient: str = "log_p_baseline"  # how the task loss reaches the router; "none": control
+    route_policy: str = "learned"  # baselines: "random" (uniform per step), "fixed" (step k -> layer k mod N)
+    seed: int = 0  # seeds the router's own generator (mixed with the rank: see distributed.stream_seed)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pool_size, int) or self.pool_size < 1:
+            raise ConfigError(f"pool_size={self.pool_size!r} must be a positive integer")
+        if not isinstance(self.route_prefix_len, int) or self.route_prefix_len < 1:
+            raise ConfigError(
+                f"route_prefix_len={self.route_prefix_len!r} must be a positive integer: the router "
+                "needs at least one position to read"
+            )
+        for name in ("temperature_start", "temperature_end"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be > 0, e.g. 2.0 -> 0.5")
+        for name in ("balance_weight", "z_loss_weight"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.gradient not in GRADIENT_CHOICES:
+            raise ConfigError(f"gradient={self.gradient!r} is not one of {list(GRADIENT_CHOICES)}")
+        if self.route_policy not in POLICY_CHOICES:
+            raise ConfigError(f"route_policy={self.route_policy!r} is not one of {list(POLICY_CHOICES)}")
+
+    def check_fits(self, model: ModelConfig) -> None:
+        if self.route_prefix_len > model.n_ctx:
+            raise ConfigError(
+                f"route_prefix_len={self.route_prefix_len} exceeds n_ctx={model.n_ctx}: the routing "
+                "prefix must fit in the context (e.g. n_ctx // 8)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RoutingConfig":
+        return cls(**checked_fields(cls, values, "RoutingConfig field"))

@@ -1,0 +1,149 @@
+"""The routed decoder: K steps, each applying a router-chosen layer from a pool of N.
+
+tokens -> Embed (+ positions) -> for each step k: router reads the routing prefix, picks a
+pool layer per sequence, the pool applies it -> final norm -> Unembed -> logits.
+
+Everything around the layers is the plain decoder's own code (`DecoderEnds`), and the layers
+are the plain `TransformerLayer`: with N = K and the route forced to step k -> layer k, the
+logits equal the plain decoder's bit for bit (tests/test_routed_decoder.py).
+
+With a `KVCache` (generation), the route is fixed by the first call, which must hold the whole
+routing prefix; later calls feed only new tokens through the same layers (see kv_cache.py).
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from transformer.model.config import ModelConfig
+from transformer.model.decoder import DecoderEnds
+from transformer.model.kv_cache import FixedRoute, KVCache
+from transformer.routing import losses as routing_losses
+from transformer.routing.config import RoutingConfig
+from transformer.routing.gate import choice_score, gate
+from transformer.routing.pool import LayerPool
+from transformer.routing.router import Router
+
+
+@dataclass
+class RoutingInfo:
+    """What the router did on one forward pass, and the auxiliary losses it owes."""
+
+    layer_choices: Int[Tensor, "batch steps"]
+    router_logits: Float[Tensor, "batch steps n_pool"]
+    probabilities: Float[Tensor, "batch steps n_pool"]
+    counts: Float[Tensor, "steps n_pool"]  # sequences per layer per step (global when training)
+    usage_entropy: Float[Tensor, ""]
+    decision_entropy: Float[Tensor, ""]
+    balance_loss: Float[Tensor, ""]
+    z_loss: Float[Tensor, ""]
+    aux_loss: Float[Tensor, ""]  # balance_weight * balance_loss + z_loss_weight * z_loss
+
+
+class RoutedDecoder(DecoderEnds):
+    def __init__(self, cfg: ModelConfig, routing: RoutingConfig) -> None:
+        super().__init__(cfg)
+        self.routing = routing
+        self.pool = LayerPool(cfg, routing.pool_size)
+        self.router = Router(cfg, routing)
+        self._window_counts: Tensor | None = None
+        self._in_window = False
+        self._eval_generator = torch.Generator().manual_seed(routing.seed)
+
+    @property
+    def n_steps(self) -> int:
+        return self.cfg.n_layers
+
+    @contextmanager
+    def counting_window(self) -> Iterator[None]:
+        """Count layer usage for the balance loss across the forwards inside the block (the
+        micro-batches of one optimizer step): micro-batch m balances against the counts of
+        micro-batches 0..m (the counts of later ones do not exist yet), so the last one sees the
+        whole step. Outside a window each forward counts alone."""
+        self._in_window, self._window_counts = True, None
+        try:
+            yield
+        finally:
+            self._in_window, self._window_counts = False, None
+
+    def forward(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        key_padding_mask: Bool[Tensor, "batch pos"] | None = None,
+        route: Int[Tensor, "batch steps"] | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[Float[Tensor, "batch pos d_vocab"], RoutingInfo]:
+        """`route` forces the layer chosen at each step (for tests, baselines and analysis).
+        `cache`: the first call routes as usual and stores the route; later calls reuse it."""
+        if route is not None and route.shape != (tokens.shape[0], self.n_steps):
+            raise ValueError(f"route must have shape (batch, steps) = {(tokens.shape[0], self.n_steps)}")
+        fixed = cache.route if cache is not None else None
+        if fixed is not None and route is not None and not torch.equal(route, fixed.choices):
+            raise ValueError("this KV cache was filled on another route: start a new cache to change routes")
+        resid = self.embed_tokens(tokens, cache.length if cache is not None else 0)
+        all_choices, all_logits, all_probabilities = [], [], []
+        for step in range(self.n_steps):
+            if fixed is None:
+                logits = self.router(resid, step)
+                choice = route[:, step] if route is not None else self._choose(logits, step)
+                probabilities = self.router.probabilities(logits)
+            else:  # the prefix was read on the first call; these tokens come after it
+                choice, logits, probabilities = fixed.at(step)
+            layer_out = self.pool(resid, choice, key_padding_mask, cache.layers[step] if cache is not None else None)
+            learned = self.routing.route_policy == "learned"
+            score = choice_score(probabilities, choice, self.routing.gradient) if learned else None
+            resid = gate(resid, layer_out, score)
+            all_choices.append(choice)
+            all_logits.append(logits)
+            all_probabilities.append(probabilities)
+        choices = torch.stack(all_choices, dim=1)
+        router_logits = torch.stack(all_logits, dim=1)
+        router_probabilities = torch.stack(all_probabilities, dim=1)
+        if cache is not None and fixed is None:
+            cache.route = FixedRoute(choices, router_logits, router_probabilities)
+        info = self._routing_info(choices, router_logits, router_probabilities)
+        return self.logits(resid), info
+
+    def _choose(self, logits: Float[Tensor, "batch n_pool"], step: int) -> Int[Tensor, " batch"]:
+        """The router's choice, or a baseline policy's (`RoutingConfig.route_policy`): "fixed"
+        takes layer k at step k (mod N); "random" draws a layer uniformly, in training from the
+        router's generator, in evaluation from a fresh one seeded with `routing.seed`, so that
+        evaluating never shifts the training stream and always sees the same routes."""
+        policy, batch, pool = self.routing.route_policy, logits.shape[0], self.routing.pool_size
+        if policy == "fixed":
+            return torch.full((batch,), step % pool, dtype=torch.long, device=logits.device)
+        if policy == "random":
+            if step == 0 and not self.training:
+                self._eval_generator = torch.Generator().manual_seed(self.routing.seed)
+            generator = self.router.generator if self.training else self._eval_generator
+            return torch.randint(pool, (batch,), generator=generator).to(logits.device)
+        return self.router.choose(logits)
+
+    def _routing_info(
+        self,
+        choices: Int[Tensor, "batch steps"],
+        logits: Float[Tensor, "batch steps n_pool"],
+        probabilities: Float[Tensor, "batch steps n_pool"],
+    ) -> RoutingInfo:
+        counts = routing_losses.count_choices(choices, self.routing.pool_size, all_ranks=self.training)
+        if self._in_window:
+            if self._window_counts is not None:
+                counts = counts + self._window_counts
+            self._window_counts = counts
+        balance = routing_losses.balance_loss(counts, probabilities)
+        z = routing_losses.z_loss(logits)
+        return RoutingInfo(
+            layer_choices=choices,
+            router_logits=logits,
+            probabilities=probabilities,
+            counts=counts,
+            usage_entropy=routing_losses.usage_entropy(counts),
+            decision_entropy=routing_losses.decision_entropy(probabilities.detach()),
+            balance_loss=balance,
+            z_loss=z,
+            aux_loss=self.routing.balance_weight * balance + self.routing.z_loss_weight * z,
+        )

@@ -1,0 +1,85 @@
+"""The router: at each routing step, which pool layer should this sequence go through next?
+
+It reads a *causal-safe* summary of the residual stream: the mean of the normed residual
+over the routing prefix, the first P positions only. (Pooling the whole sequence would let
+every position's prediction depend on future tokens through the route: a leak that makes
+a causal LM's loss look better than it is.) A learned per-step embedding tells the router
+which step it is choosing for. The readout W_R starts at zero, so the first choices are
+uniform. Logits are computed in float32 whatever the parameter dtype.
+
+Training samples a layer by Gumbel-argmax at temperature tau, with noise from the router's
+own `torch.Generator`, so dropout or any other use of the global RNG cannot shift routes and
+a checkpoint can restore them exactly. Evaluation takes the argmax and draws nothing.
+
+Token-level routing (each token choosing its layer) would replace the prefix mean by the
+token's own normed residual; `summary` is the one method that would change.
+"""
+
+import math
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from transformer.model.config import ModelConfig
+from transformer.model.norm import make_norm
+from transformer.routing.config import RoutingConfig
+
+
+class Router(nn.Module):
+    def __init__(self, cfg: ModelConfig, routing: RoutingConfig) -> None:
+        super().__init__()
+        routing.check_fits(cfg)
+        self.prefix_len = routing.route_prefix_len
+        self.ln = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.fast_kernels)
+        self.W_step = nn.Parameter(torch.randn(cfg.n_layers, cfg.d_model) * cfg.init_std)
+        self.W_R = nn.Parameter(torch.zeros(cfg.d_model, routing.pool_size))
+        self.b_R = nn.Parameter(torch.zeros(routing.pool_size))
+        self.temperature = routing.temperature_start
+        self.generator = torch.Generator().manual_seed(routing.seed)
+
+    def seed_generator(self, seed: int) -> None:
+        """Restart route sampling from `seed` (each distributed rank uses its own)."""
+        self.generator.manual_seed(seed)
+
+    def summary(self, resid: Float[Tensor, "batch pos d_model"], step: int) -> Float[Tensor, "batch d_model"]:
+        if resid.shape[1] < self.prefix_len:
+            raise ValueError(
+                f"sequence of {resid.shape[1]} positions is shorter than the routing prefix "
+                f"route_prefix_len={self.prefix_len}: the router needs the whole prefix"
+            )
+        prefix: Tensor = self.ln(resid[:, : self.prefix_len])
+        return prefix.mean(dim=1) + self.W_step[step]
+
+    def forward(self, resid: Float[Tensor, "batch pos d_model"], step: int) -> Float[Tensor, "batch n_pool"]:
+        summary = self.summary(resid, step)
+        # float32 even under bf16 autocast: rounding must not decide routes
+        with torch.autocast(summary.device.type, enabled=False):
+            logits: Tensor = summary.float() @ self.W_R.float() + self.b_R.float()
+        return logits
+
+    def choose(self, logits: Float[Tensor, "batch n_pool"]) -> Int[Tensor, " batch"]:
+        """Training: a sample from softmax(logits / tau). Evaluation: the argmax."""
+        if not self.training:
+            return logits.argmax(dim=-1)
+        uniform = torch.rand(logits.shape, generator=self.generator, dtype=torch.float32)
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+        return (logits / self.temperature + gumbel.to(logits.device)).argmax(dim=-1)
+
+    def probabilities(self, logits: Float[Tensor, "batch n_pool"]) -> Float[Tensor, "batch n_pool"]:
+        """The distribution `choose` samples from (at tau = 1 in evaluation)."""
+        tau = self.temperature if self.training else 1.0
+        return (logits / tau).softmax(dim=-1)
+
+
+def temperature_after(routing: RoutingConfig, step: int, total_steps: int) -> float:
+    """The temperature of the update that produced checkpoint `step` (update s runs at
+    temperature_at(s - 1)): what a loaded model samples routes at, as training last did."""
+    return temperature_at(routing, max(step - 1, 0), total_steps)
+
+
+def temperature_at(routing: RoutingConfig, step: int, total_steps: int) -> float:
+    """Cosine anneal from temperature_start to temperature_end over `total_steps`."""
+    progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    mix = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return routing.temperature_end + (routing.temperature_start - routing.temperature_end) * mix

@@ -1,0 +1,173 @@
+"""What a training run is: the model, its routing (or none), and how to train it.
+
+A run config is a YAML file with three sections, `model` (ModelConfig fields), `routing`
+(RoutingConfig fields, or null for a plain decoder) and `train` (TrainSettings fields),
+overridden from the command line by `--set section.key=value`. Every key is checked: a
+misspelled key is an error that lists the valid ones, never silently ignored.
+"""
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from transformer.model.config import ConfigError, ModelConfig, checked_fields
+from transformer.model.decoder import Decoder, DecoderEnds
+from transformer.routing.config import RoutingConfig
+from transformer.routing.decoder import RoutedDecoder
+
+SECTIONS = ("model", "routing", "train")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    data: str = "builtin"  # "builtin", a text file or folder, or "hf:NAME[:SPLIT][:FIELD]"
+    tokenizer: str = "char"  # "char", "bpe", or a path to a tokenizer.json
+    vocab_size: int | None = None  # for "bpe"
+    val_fraction: float = 0.1
+    batch_size: int = 12  # sequences per process per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    max_steps: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 turns clipping off (the norm is still logged)
+    eval_interval: int = 250
+    eval_batches: int = 20
+    eval_route_samples: int = 2  # routed models: sampled-route evaluations averaged
+    log_interval: int = 10
+    checkpoint_interval: int = 250
+    keep_last: int = 2
+    seed: int = 1337
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    threads: int = 0  # CPU threads per process; 0 leaves PyTorch's default (tiny models: 1 is fastest)
+    dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "float32", "bfloat16"
+    compile: bool = False
+    max_bad_steps: int = 10  # non-finite losses in a row before training stops
+    sample_tokens: int = 200
+    out_dir: str = "runs/default"
+
+    def __post_init__(self) -> None:
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "eval_interval",
+            "eval_batches",
+            "log_interval",
+            "checkpoint_interval",
+            "keep_last",
+            "max_bad_steps",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"train.{name}={value!r} must be a positive integer")
+        for name in ("warmup_steps", "sample_tokens", "eval_route_samples", "threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"train.{name}={value!r} must be a non-negative integer")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"train.val_fraction={self.val_fraction} must be in (0, 1), e.g. 0.1")
+        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"train.lr={self.lr}, train.min_lr={self.min_lr}: need 0 <= min_lr <= lr, lr > 0")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"train.beta1={self.beta1}, train.beta2={self.beta2} must be in [0, 1)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device={self.device!r} is not one of ['auto', 'cpu', 'cuda']")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"train.dtype={self.dtype!r} is not one of ['auto', 'float32', 'bfloat16']")
+        if self.tokenizer in ("bpe",) and self.vocab_size is None:
+            raise ConfigError("train.tokenizer='bpe' needs train.vocab_size, e.g. 4096")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """`model.d_vocab` may be left out: it is then the tokenizer's vocabulary size."""
+
+    model: dict[str, Any]
+    routing: RoutingConfig | None
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    def model_config(self, d_vocab: int) -> ModelConfig:
+        values = dict(self.model)
+        given = values.setdefault("d_vocab", d_vocab)
+        if given < d_vocab:
+            raise ConfigError(
+                f"model.d_vocab={given} is smaller than the tokenizer's vocabulary ({d_vocab}): "
+                "leave d_vocab out to use the tokenizer's size"
+            )
+        return ModelConfig.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": dict(self.model),
+            "routing": self.routing.to_dict() if self.routing else None,
+            "train": asdict(self.train),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        unknown = sorted(set(values) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {unknown}: valid sections are {list(SECTIONS)}")
+        model = dict(values.get("model") or {})
+        ModelConfig.from_dict({"d_vocab": 1, **model})  # validate now, d_vocab aside
+        routing = values.get("routing")
+        train = values.get("train") or {}
+        return cls(
+            model=model,
+            routing=RoutingConfig.from_dict(routing) if routing is not None else None,
+            train=_settings_from_dict(train),
+        )
+
+    def with_overrides(self, assignments: list[str]) -> "RunConfig":
+        values = self.to_dict()
+        for assignment in assignments:
+            key, sep, raw = assignment.partition("=")
+            section, dot, name = key.strip().partition(".")
+            if not sep or section not in SECTIONS or (not dot and section != "routing"):
+                raise ConfigError(
+                    f"--set {assignment!r}: expected SECTION.KEY=VALUE with SECTION in {list(SECTIONS)} "
+                    "(or routing=null for a plain decoder)"
+                )
+            value = yaml.safe_load(raw)
+            if not dot:  # routing=null
+                values["routing"] = value
+                continue
+            if values[section] is None:
+                values[section] = {}
+            values[section][name] = value
+        return RunConfig.from_dict(values)
+
+
+def build_model(config: RunConfig, d_vocab: int) -> DecoderEnds:
+    """The decoder a run config describes, with fresh weights."""
+    model_config = config.model_config(d_vocab)
+    if config.routing is None:
+        return Decoder(model_config)
+    return RoutedDecoder(model_config, config.routing)
+
+
+def _settings_from_dict(values: dict[str, Any]) -> TrainSettings:
+    return replace(TrainSettings(), **checked_fields(TrainSettings, values, "train setting"))
+
+
+def load_run_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """A YAML file (or the default tiny routed model when None), then the overrides."""
+    if path is None:
+        path = Path(__file__).parent.parent / "configs" / "tiny-routed.yaml"
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping with sections {list(SECTIONS)}")
+    return RunConfig.from_dict(values).with_overrides(overrides or [])

@@ -1,0 +1,93 @@
+"""The run's metrics: one JSON object per line, appended, flushed as written.
+
+Append-only JSONL survives crashes (every finished line is valid), resumes by appending, and
+plots with a few lines of code. Records carry `kind` ("train" or "eval"); a resumed
+run may repeat steps after its checkpoint, and readers keep the last record per step.
+"""
+
+import json
+import math
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from transformer.model.decoder import DecoderEnds
+from transformer.routing.decoder import RoutedDecoder
+
+# Dense bf16 peak FLOP/s of common accelerators, for the MFU estimate (none on CPU).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+class RunLog:
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self._file: TextIO | None = None
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(_finite(record)) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _finite(record: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN or infinity: write them as null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The log's records (lines torn by a crash are skipped: see `read_records`)."""
+    return read_records(path)[0]
+
+
+def read_records(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of a metrics log, and the numbers of the lines that are not JSON objects: a
+    line torn by a crash (the process killed mid-write, then resumed, appending after the
+    fragment) is skipped and reported rather than making the whole log unreadable."""
+    records, torn = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            torn.append(number)
+    return records, torn
+
+
+def flops_per_token(active_parameters: int, n_layers: int, d_model: int, n_ctx: int) -> float:
+    """Forward + backward: 6 per active weight, plus attention's score and mix (PaLM, app. B)."""
+    return 6.0 * active_parameters + 12.0 * n_layers * d_model * n_ctx
+
+
+def active_parameters(model: DecoderEnds) -> int:
+    """Weights one token's forward pass touches: a routed model runs K of its N pool layers,
+    and embedding tables are lookups, not multiplies."""
+    pool_size = len(model.pool.layers) if isinstance(model, RoutedDecoder) else 1
+    total = 0
+    for name, parameter in model.named_parameters():
+        if name.endswith(("W_E", "W_pos")):
+            continue
+        if name.startswith("pool."):
+            total += parameter.numel() * model.cfg.n_layers // pool_size
+        else:
+            total += parameter.numel()
+    return total
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)

@@ -1,0 +1,410 @@
+"""`transformer train`: the training loop, on one process or many (torchrun + DDP).
+
+Each optimizer step: set the learning rate and routing temperature for this step, run
+`grad_accum` micro-batches (gradients synchronised across ranks only on the last), skip the
+step if the loss is not finite, clip, update. Rank 0 logs, shows progress, evaluates and
+writes checkpoints; every rank keeps its own data and routing random streams, and all of
+them go into the checkpoint, so a resumed run continues bit for bit.
+"""
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from transformer.data.corpus import load_documents
+from transformer.data.tokenizer import TextTokenizer, train_tokenizer
+from transformer.data.tokens import TokenData, prepare_corpus
+from transformer.inference.generation import generate
+from transformer.routing.decoder import RoutedDecoder
+from transformer.routing.router import temperature_at
+from transformer.training import checkpoint as ckpt
+from transformer.training import distributed, rng
+from transformer.training.config import RunConfig, build_model
+from transformer.training.distributed import (
+    DATA_STREAM,
+    DROPOUT_STREAM,
+    EVAL_STREAM,
+    ROUTING_STREAM,
+    VAL_WINDOWS_STREAM,
+    stream_seed,
+)
+from transformer.training.evaluation import Evaluation, evaluate
+from transformer.training.objective import compute_objective, first_scored_target
+from transformer.training.optim import learning_rate, make_optimizer
+from transformer.training.run_log import RunLog, active_parameters, flops_per_token, peak_flops
+
+
+class TrainingError(Exception):
+    """Training cannot go on; the message says why and what to do."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_val_loss: float | None
+    skipped_steps: int
+    interrupted: bool
+    run_dir: Path
+
+
+def train(config: RunConfig, resume: str | None = None, stop_at: int | None = None) -> TrainResult:
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    process = distributed.start(config.train.device)
+    try:
+        return _Run(config, process, resume).run(stop_at)
+    finally:
+        distributed.stop()
+
+
+class _Run:
+    def __init__(self, config: RunConfig, process: distributed.Process, resume: str | None) -> None:
+        self.process = process
+        self.settings = settings = config.train
+        self.run_dir = Path(settings.out_dir)
+        state = self._resume_state(resume)
+        if state is not None:
+            _check_same_model(RunConfig.from_dict(state["config"]), config)
+        else:
+            self._check_fresh_run_dir()
+        self.config = config
+        self.tokenizer = self._tokenizer(state)
+        self.data = self._data()
+        rng.seed_everything(settings.seed)  # identical initial weights on every rank
+        self.model = build_model(config, self.tokenizer.vocab_size).to(process.device)
+        self.optimizer = make_optimizer(self.model, settings)
+        self.data_generator = torch.Generator().manual_seed(stream_seed(settings.seed, process.rank, DATA_STREAM))
+        if isinstance(self.model, RoutedDecoder):
+            self.model.router.seed_generator(stream_seed(self.model.routing.seed, process.rank, ROUTING_STREAM))
+        self.step, self.best_val, self.skipped = 0, math.inf, 0
+        rng.seed_everything(stream_seed(settings.seed, process.rank, DROPOUT_STREAM))  # dropout differs per rank
+        if state is not None:
+            self._load(state)
+        self.wrapped: nn.Module = self.model
+        if process.distributed:
+            ids = [process.local_rank] if process.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(self.model, device_ids=ids)
+        self.forward_model: nn.Module = torch.compile(self.wrapped) if settings.compile else self.wrapped  # type: ignore[assignment]
+        self.log = RunLog(self.run_dir / "metrics.jsonl", enabled=process.is_main)
+        cfg = self.model.cfg
+        self.tokens_per_step = settings.batch_size * cfg.n_ctx * settings.grad_accum * process.world_size
+        self.flops_per_step = self.tokens_per_step * flops_per_token(
+            active_parameters(self.model), cfg.n_layers, cfg.d_model, cfg.n_ctx
+        )
+        self.peak = peak_flops(process.device)
+
+    # --- setup -------------------------------------------------------------------------
+
+    def _resume_state(self, resume: str | None) -> dict[str, Any] | None:
+        if resume is None:
+            return None
+        self.checkpoint = ckpt.resolve(self.run_dir, resume)
+        return ckpt.read_state(self.checkpoint)
+
+    def _check_fresh_run_dir(self) -> None:
+        """A new run never overwrites an old one's checkpoints, nor mixes its log with them."""
+        found = ckpt.step_checkpoints(self.run_dir)
+        if found:
+            raise TrainingError(
+                f"{self.run_dir} already holds a run (checkpoints up to {found[-1].name}): continue it with "
+                "--resume latest, or start a new one elsewhere with --set train.out_dir=PATH"
+            )
+        old_log = self.run_dir / "metrics.jsonl"
+        self._barrier()  # every rank has looked before rank 0 moves anything
+        if self.process.is_main and old_log.exists():  # a run that died before its first checkpoint
+            kept = old_log.with_name(f"metrics.before-{int(time.time())}.jsonl")
+            old_log.rename(kept)
+            print(f"note: {old_log} of an unfinished earlier run moved to {kept.name}", file=sys.stderr)
+
+    def _tokenizer(self, state: dict[str, Any] | None) -> TextTokenizer:
+        if state is not None:
+            return TextTokenizer.from_json(state["tokenizer"])
+        choice = self.settings.tokenizer
+        if choice not in ("char", "bpe"):
+            return TextTokenizer.load(Path(choice))
+        path = self.run_dir / "tokenizer.json"
+        if self.process.is_main:
+            documents = load_documents(self.settings.data)
+            train_tokenizer(choice, documents, self.settings.vocab_size).save(path)
+        self._barrier()
+        return TextTokenizer.load(path)
+
+    def _data(self) -> TokenData:
+        if self.process.is_main:  # one process tokenises; the others then find the cache
+            data = prepare_corpus(self.settings.data, self.tokenizer, self.settings.val_fraction)
+        self._barrier()
+        if not self.process.is_main:
+            data = prepare_corpus(self.settings.data, self.tokenizer, self.settings.val_fraction)
+        return data
+
+    def _load(self, state: dict[str, Any]) -> None:
+        ckpt.read_weights(self.checkpoint, self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.best_val, self.skipped = state["step"], state["best_val"], state["skipped"]
+        rank, saved_world = self.process.rank, len(state["data_rng"])
+        if saved_world != self.process.world_size and self.process.is_main:
+            print(
+                f"warning: checkpoint was written by {saved_world} processes, now {self.process.world_size}: "
+                "data and routing streams restart, so the resume is not exact",
+                file=sys.stderr,
+            )
+        if rank < saved_world:
+            self.data_generator.set_state(state["data_rng"][rank])
+            if isinstance(self.model, RoutedDecoder):
+                self.model.router.generator.set_state(state["router_rng"][rank])
+            rng.restore(state["rng"][rank])
+
+    def _barrier(self) -> None:
+        if self.process.distributed:
+            dist.barrier()
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def run(self, stop_at: int | None) -> TrainResult:
+        settings, main = self.settings, self.process.is_main
+        last = min(settings.max_steps, stop_at) if stop_at is not None else settings.max_steps
+        if main:
+            self._announce()
+        progress = tqdm(
+            total=settings.max_steps,
+            initial=self.step,
+            desc="train",
+            disable=None if main else True,
+            dynamic_ncols=True,
+        )
+        evaluation: Evaluation | None = None
+        interrupted, bad_in_a_row = False, 0
+        try:
+            while self.step < last:
+                started = time.perf_counter()
+                record = self._optimizer_step()
+                if record is None:
+                    bad_in_a_row += 1
+                    self.skipped += 1
+                    if bad_in_a_row >= settings.max_bad_steps:
+                        raise TrainingError(
+                            f"{bad_in_a_row} steps in a row had a non-finite loss or gradient (step {self.step}): "
+                            "lower train.lr or check the data; the last good checkpoint is in "
+                            f"{ckpt.checkpoints_dir(self.run_dir)}"
+                        )
+                    continue
+                bad_in_a_row = 0
+                self.step += 1
+                elapsed = time.perf_counter() - started
+                progress.update(1)
+                progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{self.tokens_per_step / elapsed:,.0f}")
+                if self.step % settings.log_interval == 0 or self.step == last:
+                    self._log_train(record, elapsed)
+                evaluation = self._maybe_evaluate(last)
+                self._maybe_checkpoint(last, evaluation)
+        except KeyboardInterrupt:
+            interrupted = True
+            progress.close()
+            if main:
+                print(f"\ninterrupted at step {self.step}: saving a checkpoint", file=sys.stderr)
+            self._save(is_best=False)
+        progress.close()
+        final = evaluation.val_loss if evaluation is not None else None
+        if main and not interrupted:
+            self._finish(final)
+        self.log.close()
+        return TrainResult(self.step, final, self.skipped, interrupted, self.run_dir)
+
+    def _optimizer_step(self) -> dict[str, Any] | None:
+        """One update from `grad_accum` micro-batches; None when it was skipped."""
+        settings = self.settings
+        lr = learning_rate(self.step, settings)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if isinstance(self.model, RoutedDecoder) and self.config.routing is not None:
+            self.model.router.temperature = temperature_at(self.config.routing, self.step, settings.max_steps)
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.process.device)
+        routing_infos = []
+        window = self.model.counting_window() if isinstance(self.model, RoutedDecoder) else contextlib.nullcontext()
+        with window:
+            for micro in range(settings.grad_accum):
+                tokens = self.data.sample_windows(
+                    "train", settings.batch_size, self.model.cfg.n_ctx, self.data_generator
+                ).to(self.process.device)
+                with self._no_sync(last=micro == settings.grad_accum - 1), self._autocast():
+                    objective = compute_objective(self.forward_model, tokens)
+                (objective.loss / settings.grad_accum).backward()
+                loss_sum += objective.lm_loss.detach().float()
+                if objective.routing is not None:
+                    routing_infos.append(objective.routing)
+        loss = loss_sum / settings.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), settings.grad_clip if settings.grad_clip > 0 else math.inf
+        )
+        if not self._all_finite(loss, grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        record: dict[str, Any] = {"loss": self._rank_mean(loss), "lr": lr, "grad_norm": float(grad_norm)}
+        if routing_infos and isinstance(self.model, RoutedDecoder):
+            info = routing_infos[-1]  # its counts cover the whole window: all micro-batches, all ranks
+            record.update(
+                usage_entropy=float(info.usage_entropy),
+                decision_entropy=float(info.decision_entropy),
+                usage=(info.counts / info.counts.sum(-1, keepdim=True)).tolist(),
+                temperature=self.model.router.temperature,
+            )
+        return record
+
+    @contextlib.contextmanager
+    def _no_sync(self, last: bool) -> Iterator[None]:
+        """Gradients are all-reduced once per update, on the last micro-batch."""
+        if last or not isinstance(self.wrapped, DistributedDataParallel):
+            yield
+        else:
+            with self.wrapped.no_sync():
+                yield
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        device, dtype = self.process.device.type, self.settings.dtype
+        if dtype == "bfloat16" or (dtype == "auto" and device == "cuda"):
+            return torch.autocast(device, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _all_finite(self, loss: Tensor, grad_norm: Tensor) -> bool:
+        """Every rank skips together, or none does."""
+        bad = (~torch.isfinite(loss) | ~torch.isfinite(grad_norm)).float()
+        if self.process.distributed:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return bool(bad.item() == 0)
+
+    def _rank_mean(self, value: Tensor) -> float:
+        if self.process.distributed:
+            value = value.clone()
+            dist.all_reduce(value)
+            value /= self.process.world_size
+        return float(value)
+
+    # --- logging, evaluation, checkpoints -------------------------------------------------
+
+    def _announce(self) -> None:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        kind = "routed" if isinstance(self.model, RoutedDecoder) else "plain"
+        resumed = f", resuming at step {self.step}" if self.step else ""
+        print(
+            f"{kind} decoder, {n_params:,} parameters; vocabulary {self.tokenizer.vocab_size}; "
+            f"{len(self.data.train):,} training tokens; {self.process.world_size} process(es) on "
+            f"{self.process.device.type}; {self.tokens_per_step:,} tokens per step; run dir {self.run_dir}{resumed}"
+        )
+
+    def _log_train(self, record: dict[str, Any], elapsed: float) -> None:
+        tokens_per_s = self.tokens_per_step / elapsed
+        mfu = self.flops_per_step / elapsed / self.peak if self.peak else None
+        self.log.write(
+            {
+                "kind": "train",
+                "step": self.step,
+                "tokens": self.step * self.tokens_per_step,
+                "tokens_per_s": tokens_per_s,
+                "mfu": mfu,
+                "skipped_steps": self.skipped,
+                **record,
+            }
+        )
+
+    def _maybe_evaluate(self, last: int) -> Evaluation | None:
+        if self.step % self.settings.eval_interval and self.step != last:
+            return None
+        evaluation = evaluate(
+            self.model,
+            self._val_batches(),
+            self.settings.eval_route_samples,
+            seed=stream_seed(self.settings.seed, self.process.rank, EVAL_STREAM),
+        )
+        self.log.write(
+            {"kind": "eval", "step": self.step, "tokens": self.step * self.tokens_per_step, **evaluation.as_record()}
+        )
+        if self.process.is_main:
+            routed = f", sampled routes {evaluation.sampled_route_loss:.4f}" if evaluation.sampled_route_loss else ""
+            tqdm.write(f"step {self.step}: val loss {evaluation.val_loss:.4f} (ppl {evaluation.val_ppl:.2f}){routed}")
+        return evaluation
+
+    def _val_batches(self) -> list[Tensor]:
+        """The same validation windows at every evaluation, split between the ranks."""
+        generator = torch.Generator().manual_seed(stream_seed(self.settings.seed, 0, VAL_WINDOWS_STREAM))
+        n_ctx = self.model.cfg.n_ctx
+        batches = [
+            self.data.sample_windows("val", self.settings.batch_size, n_ctx, generator)
+            for _ in range(self.settings.eval_batches)
+        ]
+        mine = batches[self.process.rank :: self.process.world_size]
+        return [batch.to(self.process.device) for batch in mine]
+
+    def _maybe_checkpoint(self, last: int, evaluation: Evaluation | None) -> None:
+        improved = evaluation is not None and evaluation.val_loss < self.best_val
+        if improved and evaluation is not None:
+            self.best_val = evaluation.val_loss
+        if improved or self.step % self.settings.checkpoint_interval == 0 or self.step == last:
+            self._save(is_best=improved)
+
+    def _save(self, is_best: bool) -> None:
+        per_rank = {
+            "data_rng": self.data_generator.get_state(),
+            "router_rng": self.model.router.generator.get_state() if isinstance(self.model, RoutedDecoder) else None,
+            "rng": rng.capture(),
+        }
+        gathered = [per_rank]
+        if self.process.distributed:
+            gathered = [{} for _ in range(self.process.world_size)]
+            dist.all_gather_object(gathered, per_rank)
+        if self.process.is_main:
+            state = {
+                "step": self.step,
+                "best_val": self.best_val,
+                "skipped": self.skipped,
+                "optimizer": self.optimizer.state_dict(),
+                "config": self.config.to_dict(),
+                "tokenizer": self.tokenizer.to_json(),
+                "data_rng": [g["data_rng"] for g in gathered],
+                "router_rng": [g["router_rng"] for g in gathered],
+                "rng": [g["rng"] for g in gathered],
+            }
+            ckpt.save_checkpoint(self.run_dir, self.step, self.model, state, self.settings.keep_last, is_best)
+        self._barrier()
+
+    def _finish(self, final: float | None) -> None:
+        if final is not None:
+            print(
+                f"final val loss {final:.4f} (perplexity {math.exp(final):.2f}) after {self.step} steps; "
+                f"{self.skipped} skipped; checkpoints in {ckpt.checkpoints_dir(self.run_dir)}"
+            )
+        if self.settings.sample_tokens:
+            prompt_len = max(first_scored_target(self.model), 8)
+            prompt = torch.as_tensor(self.data.val[:prompt_len].astype("int64"))[None].to(self.process.device)
+            out = generate(
+                self.model,
+                prompt,
+                self.settings.sample_tokens,
+                temperature=0.8,
+                top_k=40,
+                generator=torch.Generator().manual_seed(self.settings.seed),
+            )
+            print("sample:", self.tokenizer.decode(out.tokens[0].tolist()))
+
+
+def _check_same_model(saved: RunConfig, current: RunConfig) -> None:
+    for section in ("model", "routing"):
+        before, now = saved.to_dict()[section], current.to_dict()[section]
+        if before != now:
+            raise ckpt.CheckpointError(
+                f"the checkpoint's {section} config differs from this run's ({before} vs {now}): resume with "
+                "the same --config and --set options as the original run"
+            )
