@@ -9,8 +9,10 @@ traceback.
 import sys
 from collections.abc import Callable
 
+from transformer.errors import UserError
 
-class CommandError(Exception):
+
+class CommandError(UserError):
     """A request that cannot be carried out as given; a one-line message that says why."""
 
 
