@@ -38,6 +38,7 @@ def test_every_exception_of_the_package_is_a_user_error() -> None:
         "transformer.inference.generation.GenerationError",
         "transformer.analysis.plotting.runs.PlotError",
         "transformer.commands.errors.CommandError",
+        "transformer.devices.DeviceError",
     } <= set(types)
     not_user_errors = {name for name, kind in types.items() if not issubclass(kind, UserError)}
     assert not_user_errors == set(NOT_USER_ERRORS), "derive these from UserError or list them with a reason"
