@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from transformer.commands.errors import CommandError, report
+from transformer.commands.errors import CommandError
 
 
 def add_eval_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -65,15 +65,13 @@ def add_eval_command(commands: "argparse._SubParsersAction[argparse.ArgumentPars
     parser.add_argument("--seed", type=int, default=0, help="seeds the window draw and the sampled routes")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    parser.set_defaults(handler=run_eval, prog=parser.prog)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    def action() -> int:
-        record = evaluate_command(args)
-        print(json.dumps(record) if args.json else summary(record))
-        return 0
-
-    return report("eval", action)
+    record = evaluate_command(args)
+    print(json.dumps(record) if args.json else summary(record))
+    return 0
 
 
 def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:

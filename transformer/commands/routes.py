@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from transformer.commands.errors import CommandError, report
+from transformer.commands.errors import CommandError
 
 
 def add_routes_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -44,15 +44,13 @@ def add_routes_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--permutations", type=int, default=100, help="label shuffles for the baseline")
     parser.add_argument("--seed", type=int, default=0, help="seeds the window draw and the label shuffles")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    parser.set_defaults(handler=run_routes, prog=parser.prog)
 
 
 def run_routes(args: argparse.Namespace) -> int:
-    def action() -> int:
-        record = routes_command(args)
-        print(json.dumps(record) if args.json else summary(record))
-        return 0
-
-    return report("routes", action)
+    record = routes_command(args)
+    print(json.dumps(record) if args.json else summary(record))
+    return 0
 
 
 def routes_command(args: argparse.Namespace) -> dict[str, Any]:
