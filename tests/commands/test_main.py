@@ -1,15 +1,17 @@
 """The `transformer` entry point: every user error of every command is caught in one place and
 printed as `transformer COMMAND: error: MESSAGE` on one line with status 2, bugs keep their
-traceback, and `--help` answers without importing torch."""
+traceback, the run commands share one spelling of --run/--checkpoint/--device, and `--help`
+answers without importing torch."""
 
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers.cli import run_cli
-from transformer.commands.main import main
+from transformer.commands.main import build_parser, main
 from transformer.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,3 +72,28 @@ def test_an_error_that_is_not_a_user_error_keeps_its_traceback(monkeypatch: pyte
     monkeypatch.setattr("transformer.training.config.load_run_config", crash)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["train"])
+
+
+def test_training_on_cuda_without_cuda_is_one_line_and_status_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run_cli(["train", "--set", "train.device=cuda", "--set", "train.threads=0"], capsys)
+    assert (code, out) == (2, "")
+    assert err == (
+        "transformer train: error: train.device=cuda: no CUDA device is available here; use train.device=cpu "
+        "(or train.device=auto, which takes CUDA where there is one)\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["generate", "chat", "eval", "routes"])
+def test_the_run_commands_share_run_checkpoint_and_device(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    needed = ["--data", "builtin"] if command == "routes" else []
+    args = parser.parse_args([command, "--run", "runs/x", *needed])
+    assert (args.run, args.checkpoint, args.device) == (Path("runs/x"), "latest", "auto")
+    args = parser.parse_args([command, "--run", "runs/x", "--checkpoint", "best", "--device", "cpu", *needed])
+    assert (args.checkpoint, args.device) == ("best", "cpu")
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args([command, "--run", "runs/x", "--device", "tpu", *needed])
+    assert exit_info.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err

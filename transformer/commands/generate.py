@@ -13,8 +13,9 @@ document, so the model continues with the start of a new one.
 import argparse
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+
+from transformer.commands.options import add_run_options, chosen_device
 
 if TYPE_CHECKING:
     import torch
@@ -33,27 +34,16 @@ def add_generate_commands(commands: Any) -> None:
     generate = commands.add_parser(
         "generate", help="continue a prompt with a trained model", description=f"Continue a prompt. {_RULES}"
     )
-    _add_run_options(generate)
+    add_run_options(generate)
     generate.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
     _add_sampling_options(generate)
     generate.set_defaults(handler=run_generate, prog=generate.prog)
     chat = commands.add_parser(
         "chat", help="an interactive loop: each line is a prompt", description=f"{_CHAT_HELP}. {_RULES}"
     )
-    _add_run_options(chat)
+    add_run_options(chat)
     _add_sampling_options(chat)
     chat.set_defaults(handler=run_chat, prog=chat.prog)
-
-
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", type=Path, required=True, help="the run directory (its train.out_dir)")
-    parser.add_argument(
-        "--checkpoint",
-        default="latest",
-        metavar="latest|best|PATH",
-        help="which checkpoint of the run (default: latest)",
-    )
-    parser.add_argument("--device", default="cpu", help="torch device to run on (default: cpu)")
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -107,7 +97,7 @@ def _open(args: argparse.Namespace) -> tuple["TrainedRun", Settings, "torch.Gene
 
     settings = Settings(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     settings.check()
-    run = load_trained(args.run, args.checkpoint, args.device)
+    run = load_trained(args.run, args.checkpoint, chosen_device(args))
     return run, settings, torch.Generator().manual_seed(args.seed)
 
 
