@@ -186,3 +186,15 @@ def test_bad_run_directory_checkpoint_or_request_is_a_one_line_error(
         assert code == 2 and out == "", (args, out)
         assert err.count("\n") == 1 and err.startswith("transformer eval: error: "), err
         assert re.search(message, err), err
+
+
+def test_cuda_on_a_machine_without_it_is_a_one_line_error(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run_cli(["eval", "--run", str(runs["plain"]), "--device", "cuda"], capsys)
+    assert (code, out) == (2, "")
+    assert err == (
+        "transformer eval: error: --device=cuda: no CUDA device is available here; use --device=cpu "
+        "(or --device=auto, which takes CUDA where there is one)\n"
+    )

@@ -19,10 +19,10 @@ Heavy imports happen inside the handler, so `transformer --help` stays fast.
 import argparse
 import json
 import math
-from pathlib import Path
 from typing import Any
 
-from transformer.commands.errors import CommandError, report
+from transformer.commands.errors import CommandError
+from transformer.commands.options import add_run_options, chosen_device
 
 
 def add_eval_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -31,8 +31,7 @@ def add_eval_command(commands: "argparse._SubParsersAction[argparse.ArgumentPars
         help="loss and perplexity of a trained run (routed: argmax and sampled routes)",
         description="Evaluate a trained run on its validation split or on any text.",
     )
-    parser.add_argument("--run", type=Path, required=True, help="the run directory (train.out_dir)")
-    parser.add_argument("--checkpoint", default="latest", metavar="latest|best|PATH")
+    add_run_options(parser)
     parser.add_argument(
         "--data",
         default=None,
@@ -63,17 +62,14 @@ def add_eval_command(commands: "argparse._SubParsersAction[argparse.ArgumentPars
         help="score targets at positions >= N (default: the model's rule: P for routed, all for plain)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the window draw and the sampled routes")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    parser.set_defaults(handler=run_eval, prog=parser.prog)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    def action() -> int:
-        record = evaluate_command(args)
-        print(json.dumps(record) if args.json else summary(record))
-        return 0
-
-    return report("eval", action)
+    record = evaluate_command(args)
+    print(json.dumps(record) if args.json else summary(record))
+    return 0
 
 
 def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,7 +86,7 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
         raise CommandError("--batches and --batch-size must be positive")
     if args.route_samples is not None and args.route_samples < 0:
         raise CommandError(f"--route-samples {args.route_samples} must be >= 0")
-    run = load_trained(args.run, args.checkpoint, _device(args.device))
+    run = load_trained(args.run, args.checkpoint, chosen_device(args))
     model, n_ctx = run.model, run.model.cfg.n_ctx
     routed = isinstance(model, RoutedDecoder)
     own_first = first_scored_target(model)
@@ -158,16 +154,6 @@ def whole_batch_size(n_windows: int, largest: int) -> int:
     if n_windows <= largest:
         return max(n_windows, 1)
     return min(range(max(largest // 2, 1), largest + 1), key=lambda size: (n_windows % size, -size))
-
-
-def _device(choice: str) -> str:
-    import torch
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise CommandError("--device cuda: no CUDA device is available")
-    return choice
 
 
 def _check_first_target(first: int, own_first: int, n_ctx: int, routed: bool) -> None:

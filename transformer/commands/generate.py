@@ -13,10 +13,9 @@ document, so the model continues with the start of a new one.
 import argparse
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from transformer.commands.errors import report
+from transformer.commands.options import add_run_options, chosen_device
 
 if TYPE_CHECKING:
     import torch
@@ -35,25 +34,16 @@ def add_generate_commands(commands: Any) -> None:
     generate = commands.add_parser(
         "generate", help="continue a prompt with a trained model", description=f"Continue a prompt. {_RULES}"
     )
-    _add_run_options(generate)
+    add_run_options(generate)
     generate.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
     _add_sampling_options(generate)
+    generate.set_defaults(handler=run_generate, prog=generate.prog)
     chat = commands.add_parser(
         "chat", help="an interactive loop: each line is a prompt", description=f"{_CHAT_HELP}. {_RULES}"
     )
-    _add_run_options(chat)
+    add_run_options(chat)
     _add_sampling_options(chat)
-
-
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", type=Path, required=True, help="the run directory (its train.out_dir)")
-    parser.add_argument(
-        "--checkpoint",
-        default="latest",
-        metavar="latest|best|PATH",
-        help="which checkpoint of the run (default: latest)",
-    )
-    parser.add_argument("--device", default="cpu", help="torch device to run on (default: cpu)")
+    chat.set_defaults(handler=run_chat, prog=chat.prog)
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -87,25 +77,28 @@ class Settings:
         check_settings(self.max_new_tokens, self.temperature, self.top_k, self.top_p)
 
 
-def run_generate_command(args: argparse.Namespace) -> int:
-    """Runs `generate` or `chat`; 0 on success, 2 (one line on stderr) on a user error."""
+def run_generate(args: argparse.Namespace) -> int:
+    run, settings, generator = _open(args)
+    print(continuation(run, args.prompt, settings, generator))
+    return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    run, settings, generator = _open(args)
+    chat(run, settings, generator, sys.stdin)
+    return 0
+
+
+def _open(args: argparse.Namespace) -> tuple["TrainedRun", Settings, "torch.Generator"]:
+    """The run, its sampling settings (checked before the slow load) and the seeded generator."""
     import torch
 
     from transformer.inference.loading import load_trained
 
     settings = Settings(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
-    generator = torch.Generator().manual_seed(args.seed)
-
-    def action() -> int:
-        settings.check()
-        run = load_trained(args.run, args.checkpoint, args.device)
-        if args.command == "generate":
-            print(continuation(run, args.prompt, settings, generator))
-        else:
-            chat(run, settings, generator, sys.stdin)
-        return 0
-
-    return report(args.command, action)
+    settings.check()
+    run = load_trained(args.run, args.checkpoint, chosen_device(args))
+    return run, settings, torch.Generator().manual_seed(args.seed)
 
 
 def continuation(run: "TrainedRun", prompt: str, settings: Settings, generator: "torch.Generator") -> str:

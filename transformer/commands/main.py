@@ -1,15 +1,22 @@
-"""The `transformer` command: one entry point, a subcommand per job."""
+"""The `transformer` command: one entry point, a subcommand per job.
+
+Each subcommand's parser names its handler (`set_defaults(handler=...)`); `main` calls it and is
+the one place a `UserError` becomes `transformer COMMAND: error: MESSAGE` on stderr with exit
+status 2, the form and status of argparse's own errors. Any other exception is a bug and keeps
+its traceback. Handlers import torch and the rest themselves, so `transformer --help` does not.
+"""
 
 import argparse
 import sys
 from collections.abc import Sequence
 
-from transformer.commands.eval import add_eval_command, run_eval
-from transformer.commands.generate import add_generate_commands, run_generate_command
-from transformer.commands.plot import add_plot_command, run_plot
-from transformer.commands.routes import add_routes_command, run_routes
-from transformer.commands.tokenizer import add_tokenizer_commands, run_tokenizer_command
-from transformer.commands.train import add_train_command, run_train
+from transformer.commands.eval import add_eval_command
+from transformer.commands.generate import add_generate_commands
+from transformer.commands.plot import add_plot_command
+from transformer.commands.routes import add_routes_command
+from transformer.commands.tokenizer import add_tokenizer_commands
+from transformer.commands.train import add_train_command
+from transformer.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,17 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "train":
-        return run_train(args)
-    if args.command == "tokenizer":
-        return run_tokenizer_command(args)
-    if args.command in ("generate", "chat"):
-        return run_generate_command(args)
-    if args.command == "plot":
-        return run_plot(args)
-    if args.command == "eval":
-        return run_eval(args)
-    if args.command == "routes":
-        return run_routes(args)
-    parser.print_help(sys.stdout)
-    return 0
+    if getattr(args, "handler", None) is None:
+        parser.print_help(sys.stdout)
+        return 0
+    try:
+        status: int = args.handler(args)
+    except UserError as error:
+        print(f"{args.prog}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    return status
+
+
+def one_line(error: UserError) -> str:
+    """The message with any line breaks folded into spaces: a user error is one line."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__

@@ -1,10 +1,9 @@
-"""`transformer plot RUN [RUN ...]`: argument parsing and one-line errors around `plotting.plot_runs`.
+"""`transformer plot RUN [RUN ...]`: argument parsing around `plotting.plot_runs`; main.py prints its errors.
 
 Imports happen inside the handler, so `transformer --help` neither waits for nor needs matplotlib.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -30,16 +29,13 @@ def add_plot_command(commands: "argparse._SubParsersAction[argparse.ArgumentPars
         metavar="NAME",
         help="one name per run for titles and legends (default: the run folders' names)",
     )
+    parser.set_defaults(handler=run_plot, prog=parser.prog)
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from transformer.analysis.plotting import PlotError, plot_runs
+    from transformer.analysis.plotting import plot_runs
 
-    try:
-        written = plot_runs(args.runs, args.out, args.labels)
-    except PlotError as error:
-        print(f"transformer plot: error: {error}", file=sys.stderr)
-        return 2
+    written = plot_runs(args.runs, args.out, args.labels)
     for path in written:
         print(path)
     return 0

@@ -11,10 +11,10 @@ Heavy imports happen inside the handler, so `transformer --help` stays fast.
 import argparse
 import json
 import math
-from pathlib import Path
 from typing import Any
 
-from transformer.commands.errors import CommandError, report
+from transformer.commands.errors import CommandError
+from transformer.commands.options import add_run_options, chosen_device
 
 
 def add_routes_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -24,8 +24,7 @@ def add_routes_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         description="Count the argmax paths of windows from one or more sources (one label per source) and "
         "measure I(path; label) against a shuffled-label baseline.",
     )
-    parser.add_argument("--run", type=Path, required=True, help="the run directory (train.out_dir)")
-    parser.add_argument("--checkpoint", default="latest", metavar="latest|best|PATH")
+    add_run_options(parser)
     parser.add_argument(
         "--data",
         action="append",
@@ -44,15 +43,13 @@ def add_routes_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--permutations", type=int, default=100, help="label shuffles for the baseline")
     parser.add_argument("--seed", type=int, default=0, help="seeds the window draw and the label shuffles")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    parser.set_defaults(handler=run_routes, prog=parser.prog)
 
 
 def run_routes(args: argparse.Namespace) -> int:
-    def action() -> int:
-        record = routes_command(args)
-        print(json.dumps(record) if args.json else summary(record))
-        return 0
-
-    return report("routes", action)
+    record = routes_command(args)
+    print(json.dumps(record) if args.json else summary(record))
+    return 0
 
 
 def routes_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,7 +74,7 @@ def routes_command(args: argparse.Namespace) -> dict[str, Any]:
         raise CommandError(f"labels must differ, got {labels}")
     if args.windows < 1 or args.permutations < 1:
         raise CommandError("--windows and --permutations must be positive")
-    run = load_trained(args.run, args.checkpoint)
+    run = load_trained(args.run, args.checkpoint, chosen_device(args))
     model = run.model
     if not isinstance(model, RoutedDecoder):
         raise CommandError(f"routes needs a routed run; {args.run} holds a plain decoder (config routing: null)")

@@ -1,12 +1,11 @@
 """`transformer tokenizer train | analyze | encode`: make a tokenizer, judge it, look inside it.
 
 Heavy imports (HF tokenizers, numpy) happen inside the handlers, so `transformer --help` stays fast.
-Any error a user can cause (missing file, bad vocab size, unreadable corpus) prints one line to
-stderr and exits with status 2, like argparse's own errors; no traceback.
+Any error a user can cause (missing file, bad vocab size, unreadable corpus) is a `UserError`,
+which main.py prints as one line on stderr with exit status 2, like argparse's own errors.
 """
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ def add_tokenizer_commands(subparsers: Any) -> None:
     )
     train.add_argument("--data", default=None, help=_DATA_HELP)
     train.add_argument("--out", type=Path, required=True, help="tokenizer.json path (or a folder for it)")
+    train.set_defaults(handler=_train, prog=train.prog)
 
     analyze = commands.add_parser("analyze", help="measure a tokenizer on a corpus and suggest a vocab size")
     which = analyze.add_mutually_exclusive_group(required=True)
@@ -37,30 +37,18 @@ def add_tokenizer_commands(subparsers: Any) -> None:
     analyze.add_argument(
         "--min-count", type=int, default=None, help="a token seen fewer times than this counts as rare (default 20)"
     )
+    analyze.set_defaults(handler=_analyze, prog=analyze.prog)
 
     encode = commands.add_parser("encode", help="print the ids and tokens of a text")
     encode.add_argument("--tokenizer", type=Path, required=True)
     encode.add_argument("text")
+    encode.set_defaults(handler=_encode, prog=encode.prog)
 
 
 _DATA_HELP = "builtin (default), a text file, a folder of .txt/.md files, or hf:NAME[:SPLIT][:FIELD]"
 
 
-def run_tokenizer_command(args: argparse.Namespace) -> int:
-    """Runs the parsed `tokenizer ...` command; 0 on success, 2 (one line on stderr) on a user error."""
-    from transformer.data.corpus import DataError
-    from transformer.data.tokenizer import TokenizerError
-
-    handlers = {"train": _train, "analyze": _analyze, "encode": _encode}
-    try:
-        handlers[args.tokenizer_command](args)
-    except (TokenizerError, DataError) as error:
-        print(f"transformer tokenizer {args.tokenizer_command}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> int:
     from transformer.data.corpus import load_documents
     from transformer.data.tokenizer import train_tokenizer
 
@@ -83,9 +71,10 @@ def _train(args: argparse.Namespace) -> None:
         f"({n_characters / max(n_tokens, 1):.2f} characters per token)"
     )
     print(f"wrote {args.out}; `transformer tokenizer analyze --tokenizer {args.out}` suggests a vocab size")
+    return 0
 
 
-def _analyze(args: argparse.Namespace) -> None:
+def _analyze(args: argparse.Namespace) -> int:
     from transformer.data.corpus import load_documents
     from transformer.data.tokenizer import DEFAULT_MIN_COUNT, TextTokenizer, TokenizerError, analyze, train_tokenizer
 
@@ -107,9 +96,10 @@ def _analyze(args: argparse.Namespace) -> None:
     print(f"suggested vocab size: {report['suggested_vocab_size']:,} ({report['suggestion_rule']})")
     if report["suggestion_capped"]:
         print("  (this tokenizer's whole vocabulary: analyze a larger one to see if the corpus allows more)")
+    return 0
 
 
-def _encode(args: argparse.Namespace) -> None:
+def _encode(args: argparse.Namespace) -> int:
     from transformer.data.tokenizer import TextTokenizer
 
     tokenizer = TextTokenizer.load(args.tokenizer)
@@ -117,6 +107,7 @@ def _encode(args: argparse.Namespace) -> None:
     print(f"{len(ids)} tokens for {len(args.text)} characters ({tokenizer.kind}, {tokenizer.vocab_size:,} ids)")
     print("ids:", " ".join(str(i) for i in ids))
     print("tokens:", " ".join(_shown(tokenizer.token_bytes(i)) for i in ids))
+    return 0
 
 
 def _shown(piece: bytes) -> str:

@@ -1,9 +1,7 @@
-"""`transformer train`: argument parsing and one-line errors around `trainer.train`."""
+"""`transformer train`: argument parsing around `trainer.train`; its errors are printed by main.py."""
 
 import argparse
 from pathlib import Path
-
-from transformer.commands.errors import report
 
 
 def add_train_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -32,15 +30,13 @@ def add_train_command(commands: "argparse._SubParsersAction[argparse.ArgumentPar
         metavar="STEP",
         help="stop (with a checkpoint) after this step, keeping the schedule of train.max_steps",
     )
+    parser.set_defaults(handler=run_train, prog=parser.prog)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from transformer.training.config import load_run_config
     from transformer.training.trainer import train
 
-    def action() -> int:
-        config = load_run_config(args.config, args.overrides)
-        result = train(config, resume=args.resume, stop_at=args.stop_at)
-        return 130 if result.interrupted else 0
-
-    return report("train", action)
+    config = load_run_config(args.config, args.overrides)
+    result = train(config, resume=args.resume, stop_at=args.stop_at)
+    return 130 if result.interrupted else 0

@@ -9,10 +9,12 @@ on any machine that has Python.
 from pathlib import Path
 from pydoc_data.topics import topics
 
+from transformer.errors import UserError
+
 TEXT_SUFFIXES = (".txt", ".md")
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A corpus or token cache that cannot be used; a one-line message that names the path."""
 
 

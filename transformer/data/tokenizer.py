@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from transformer.errors import UserError
+
 EOT = "<|endoftext|>"
 KINDS = ("char", "bpe")
 N_BYTES = 256
@@ -49,7 +51,7 @@ DEFAULT_MIN_COUNT = 20
 DEFAULT_COVERAGE = 0.95
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer that cannot be built, read or used; the message says which file or value and why."""
 
 

@@ -26,13 +26,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from transformer.errors import UserError
 from transformer.inference.sampling import choose_next, next_token_logits
 from transformer.model.decoder import Decoder, DecoderEnds
 from transformer.model.kv_cache import KVCache
 from transformer.routing.decoder import RoutedDecoder
 
 
-class GenerationError(ValueError):
+class GenerationError(UserError, ValueError):
     """A generation request that cannot work; the message says what to change."""
 
 

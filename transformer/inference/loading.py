@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from transformer.data.tokenizer import TextTokenizer
+from transformer.devices import resolve_device
 from transformer.model.decoder import DecoderEnds
 from transformer.routing.decoder import RoutedDecoder
 from transformer.routing.router import temperature_after
@@ -26,8 +27,10 @@ class TrainedRun:
     step: int
 
 
-def load_trained(run_dir: Path, which: str = "latest", device: str = "cpu") -> TrainedRun:
-    """`which`: "latest", "best", or a checkpoint folder. The model is returned in eval mode."""
+def load_trained(run_dir: Path, which: str = "latest", device: str | torch.device = "cpu") -> TrainedRun:
+    """`which`: "latest", "best", or a checkpoint folder; `device`: auto, cpu, cuda or a torch
+    device. The model is returned in eval mode."""
+    place = device if isinstance(device, torch.device) else resolve_device(device)
     if not run_dir.is_dir():
         raise ckpt.CheckpointError(f"run directory {run_dir} does not exist (give the train.out_dir of a run)")
     folder = ckpt.resolve(run_dir, which)
@@ -37,7 +40,7 @@ def load_trained(run_dir: Path, which: str = "latest", device: str = "cpu") -> T
         tokenizer = TextTokenizer.from_json(state["tokenizer"])
     except (KeyError, ValueError) as error:
         raise ckpt.CheckpointError(f"checkpoint {folder} has no usable config or tokenizer: {error}") from error
-    model = build_model(config, tokenizer.vocab_size).to(torch.device(device))
+    model = build_model(config, tokenizer.vocab_size).to(place)
     ckpt.read_weights(folder, model)
     if isinstance(model, RoutedDecoder) and config.routing is not None:
         # sampled routes (evaluation, analysis) at the temperature training had reached

@@ -8,13 +8,15 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from transformer.errors import UserError
+
 POSITIONAL_CHOICES = ("learned", "sinusoidal", "rotary", "alibi", "none")
 NORM_CHOICES = ("layernorm", "rmsnorm")
 MLP_CHOICES = ("gelu", "swiglu")
 ATTENTION_CHOICES = ("readable", "fast")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that cannot work; the message names the field and how to fix it."""
 
 

@@ -22,12 +22,14 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from transformer.errors import UserError
+
 STEP_FOLDER = re.compile(r"^step_(\d+)$")
 WEIGHTS, STATE = "model.safetensors", "state.pt"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that is missing, incomplete, corrupt or made for another model."""
 
 

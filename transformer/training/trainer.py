@@ -25,6 +25,7 @@ from tqdm import tqdm
 from transformer.data.corpus import load_documents
 from transformer.data.tokenizer import TextTokenizer, train_tokenizer
 from transformer.data.tokens import TokenData, prepare_corpus
+from transformer.errors import UserError
 from transformer.inference.generation import generate
 from transformer.routing.decoder import RoutedDecoder
 from transformer.routing.router import temperature_at
@@ -45,7 +46,7 @@ from transformer.training.optim import learning_rate, make_optimizer
 from transformer.training.run_log import RunLog, active_parameters, flops_per_token, peak_flops
 
 
-class TrainingError(Exception):
+class TrainingError(UserError):
     """Training cannot go on; the message says why and what to do."""
 
 

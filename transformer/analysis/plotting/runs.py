@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from transformer.data.tokenizer import TextTokenizer
+from transformer.errors import UserError
 from transformer.routing.decoder import RoutedDecoder
 from transformer.training import checkpoint as ckpt
 from transformer.training.config import RunConfig, build_model
@@ -33,7 +34,7 @@ from transformer.training.run_log import active_parameters, flops_per_token, rea
 METRICS = "metrics.jsonl"
 
 
-class PlotError(Exception):
+class PlotError(UserError):
     """A run that cannot be plotted; a one-line message that names the path."""
 
 
