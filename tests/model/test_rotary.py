@@ -87,6 +87,6 @@ def test_rotary_rejects_odd_rotate_dim_and_too_long_sequences() -> None:
 
 def test_rotary_lets_attention_find_the_previous_token() -> None:
     # Nothing is added to the residual stream: position reaches the model only by rotating q and k.
-    # The negative control (positional="none") is in tests/test_positions.py.
+    # The negative control (positional="none") is in tests/model/test_positions.py.
     score = train_previous_token("rotary")
     assert score.accuracy > 0.98, str(score)
