@@ -1,6 +1,8 @@
 """Rotary position embedding: against an independent complex-number implementation, the
 relative-position property that motivates it, and a model that uses it to find the previous token."""
 
+from typing import Any
+
 import pytest
 import torch
 from torch import Tensor
@@ -28,7 +30,7 @@ def vectors(*shape: int, seed: int = 0) -> Tensor:
 
 
 # The angle tables are float32 (computed in float64, then rounded): agreement to ~1e-7 relative.
-TOLERANCE = {"rtol": 1e-6, "atol": 1e-6}
+TOLERANCE: dict[str, Any] = {"rtol": 1e-6, "atol": 1e-6}
 
 
 @pytest.mark.parametrize("rotate_dim", [16, 8, 2])
