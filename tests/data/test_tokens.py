@@ -201,6 +201,7 @@ def test_cache_is_reused_without_tokenising(
     _forbid_encoding(monkeypatch)
     again = prepare_data(documents, tokenizer, tmp_path / "cache")
     assert again.directory == data.directory
+    assert data.directory is not None  # for mypy: a prepared corpus always has its cache folder
     np.testing.assert_array_equal(again.train, data.train)
     np.testing.assert_array_equal(again.val, data.val)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [data.directory.name]  # no temp folders left

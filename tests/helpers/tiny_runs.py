@@ -8,7 +8,7 @@ import torch
 from transformer.data.corpus import builtin_documents
 from transformer.model.decoder import DecoderEnds
 from transformer.routing.decoder import RoutedDecoder
-from transformer.training.config import RunConfig, load_run_config
+from transformer.training.config import RunConfig, build_model, load_run_config
 
 
 def write_corpus(folder: Path, documents: int = 12) -> Path:
@@ -55,10 +55,8 @@ def prime_routers(patch: pytest.MonkeyPatch, scale: float = 5.0) -> None:
     need a non-trivial route table then do not hang on where six tiny steps happen to land."""
     import transformer.training.trainer as trainer_module
 
-    build = trainer_module.build_model
-
     def primed(config: RunConfig, d_vocab: int) -> DecoderEnds:
-        model = build(config, d_vocab)
+        model = build_model(config, d_vocab)
         if isinstance(model, RoutedDecoder):
             with torch.no_grad():
                 model.router.W_R.normal_(0.0, scale, generator=torch.Generator().manual_seed(0))

@@ -94,14 +94,15 @@ def test_the_same_seed_gives_the_same_tokens_and_another_seed_others() -> None:
 
 
 def test_impossible_settings_are_refused() -> None:
-    for settings in [
+    impossible: list[dict[str, float]] = [
         dict(temperature=-0.1),
         dict(temperature=float("inf")),
         dict(top_k=0),
         dict(top_p=0.0),
         dict(top_p=1.5),
         dict(max_new_tokens=-1),
-    ]:
+    ]
+    for settings in impossible:
         values: dict[str, float] = dict(max_new_tokens=1, temperature=1.0)
         values.update(settings)
         with pytest.raises(GenerationError):

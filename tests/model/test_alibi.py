@@ -67,6 +67,6 @@ def test_alibi_lets_attention_find_the_previous_token() -> None:
     # down, leaving p - 1 the nearest candidate. But the position part of a score separates
     # p - 1 from p - 2 by the slope alone, at most 1/2 (fixed, not learned), so ALiBi stays a
     # little below the other schemes (~0.97 measured), far above the order-blind optimum
-    # (~0.23) that the no-position control reaches (tests/test_positions.py).
+    # (~0.23) that the no-position control reaches (tests/model/test_positions.py).
     score = train_previous_token("alibi")
     assert score.accuracy > 0.9, str(score)

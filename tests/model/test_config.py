@@ -1,11 +1,14 @@
 """A config that cannot work fails at construction, and the error names the field to fix."""
 
+from typing import cast
+
 import pytest
 import torch
 from jaxtyping import TypeCheckError
 
 from transformer.model.config import ConfigError, ModelConfig
 from transformer.model.decoder import Decoder
+from transformer.model.layer import TransformerLayer
 
 
 def test_defaults_are_valid_and_derived_sizes_follow() -> None:
@@ -78,5 +81,5 @@ def test_dict_round_trip_and_unknown_fields() -> None:
 def test_explicit_d_head_builds_a_working_decoder() -> None:
     """d_head need not be d_model / n_heads: heads project down to d_head and W_O back up."""
     model = Decoder(ModelConfig(d_vocab=11, d_model=10, n_heads=3, d_head=4, n_layers=1, n_ctx=8))
-    assert model.layers[0].attn.W_Q.shape == (3, 10, 4)
+    assert cast(TransformerLayer, model.layers[0]).attn.W_Q.shape == (3, 10, 4)
     assert model(torch.zeros(2, 8, dtype=torch.long)).shape == (2, 8, 11)

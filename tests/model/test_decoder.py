@@ -2,6 +2,7 @@
 predictions, small residual writes) and it can learn (it memorises a fixed batch)."""
 
 import math
+from typing import cast
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from tests.helpers.attention_tasks import train
 from tests.helpers.torch_references import causal_float_mask, torch_encoder_layer
 from transformer.model.config import POSITIONAL_CHOICES, ModelConfig
 from transformer.model.decoder import Decoder
+from transformer.model.layer import TransformerLayer
 from transformer.model.norm import LayerNorm
 
 
@@ -32,7 +34,9 @@ def reference_logits(model: Decoder, tokens: Tensor) -> Tensor:
     pos = tokens.shape[1]
     resid = F.embedding(tokens, model.embed.W_E) + model.pos_embed.W_pos[:pos]
     for layer in model.layers:
-        resid = torch_encoder_layer(layer)(resid, src_mask=causal_float_mask(pos, resid.dtype), is_causal=True)
+        resid = torch_encoder_layer(cast(TransformerLayer, layer))(
+            resid, src_mask=causal_float_mask(pos, resid.dtype), is_causal=True
+        )
     resid = F.layer_norm(resid, (resid.shape[-1],), model.ln_final.w, model.ln_final.b, model.ln_final.eps)
     return F.linear(resid, model.unembed.weight.T, model.unembed.b_U)
 
@@ -80,6 +84,7 @@ def test_gpt2_initialisation() -> None:
     torch.manual_seed(0)
     model = Decoder(cfg)
     residual_writers = 0.02 / math.sqrt(2 * cfg.n_layers)
+    parameter: Tensor
     for name, parameter in model.named_parameters():
         parameter = parameter.detach()
         leaf = name.rsplit(".", 1)[-1]

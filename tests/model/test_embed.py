@@ -73,7 +73,8 @@ CONCENTRATION = 0.05  # low: each row puts its mass on a few successors, so H <<
 
 def entropy(p: Tensor) -> Tensor:
     """Shannon entropy in nats along the last axis (0 log 0 = 0)."""
-    return -torch.special.xlogy(p, p).sum(-1)
+    nats: Tensor = -torch.special.xlogy(p, p).sum(-1)
+    return nats
 
 
 def random_chain(seed: int) -> tuple[Tensor, Tensor]:

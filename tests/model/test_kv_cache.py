@@ -6,6 +6,8 @@ positions (allclose: a different summation order moves float32 by ~1e-6), and gr
 chosen from them, must be identical.
 """
 
+from typing import Any
+
 import pytest
 import torch
 from torch import Tensor
@@ -21,7 +23,7 @@ from transformer.routing.decoder import RoutedDecoder
 D_VOCAB = 29
 NEW_TOKENS = 32
 # Logits from full forwards and from the cache differ by float32 rounding only (measured ~5e-6).
-TOLERANCE = dict(rtol=1e-4, atol=1e-4)
+TOLERANCE: dict[str, Any] = dict(rtol=1e-4, atol=1e-4)
 
 
 def plain_model(positional: str = "learned", attention: str = "fast", n_ctx: int = 64) -> Decoder:
@@ -53,7 +55,8 @@ def routed_model(attention: str = "fast", n_ctx: int = 64, prefix: int = 4) -> R
 
 
 def full_logits(model: Decoder | RoutedDecoder, tokens: Tensor) -> Tensor:
-    return model(tokens)[0] if isinstance(model, RoutedDecoder) else model(tokens)
+    logits: Tensor = model(tokens)[0] if isinstance(model, RoutedDecoder) else model(tokens)
+    return logits
 
 
 def assert_matches_full_forwards(model: Decoder | RoutedDecoder, prompt: Tensor, new_tokens: int) -> None:

@@ -1,6 +1,8 @@
 """Rotary position embedding: against an independent complex-number implementation, the
 relative-position property that motivates it, and a model that uses it to find the previous token."""
 
+from typing import Any
+
 import pytest
 import torch
 from torch import Tensor
@@ -28,7 +30,7 @@ def vectors(*shape: int, seed: int = 0) -> Tensor:
 
 
 # The angle tables are float32 (computed in float64, then rounded): agreement to ~1e-7 relative.
-TOLERANCE = {"rtol": 1e-6, "atol": 1e-6}
+TOLERANCE: dict[str, Any] = {"rtol": 1e-6, "atol": 1e-6}
 
 
 @pytest.mark.parametrize("rotate_dim", [16, 8, 2])
@@ -87,6 +89,6 @@ def test_rotary_rejects_odd_rotate_dim_and_too_long_sequences() -> None:
 
 def test_rotary_lets_attention_find_the_previous_token() -> None:
     # Nothing is added to the residual stream: position reaches the model only by rotating q and k.
-    # The negative control (positional="none") is in tests/test_positions.py.
+    # The negative control (positional="none") is in tests/model/test_positions.py.
     score = train_previous_token("rotary")
     assert score.accuracy > 0.98, str(score)

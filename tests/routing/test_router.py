@@ -5,7 +5,7 @@ The learning tests use `MarkerChains` (tests/helpers/routing_tasks.py): two nois
 over the same symbols whose likely successors differ at every symbol, each sequence opening
 with its task's marker in the routing prefix. A layer that has learned one chain is badly wrong
 about the other, so routing each task to its own layer is worth a lot of loss, and the router
-can only find out which layer that is through the task gradient (the gate in routing_gate.py).
+can only find out which layer that is through the task gradient (the gate in transformer/routing/gate.py).
 """
 
 import copy

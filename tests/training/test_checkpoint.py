@@ -63,7 +63,8 @@ def test_a_failure_mid_save_leaves_the_previous_checkpoints_loadable(
     def crash(*args: object, **kwargs: object) -> None:
         raise OSError("disk full (injected)")
 
-    monkeypatch.setattr(ckpt.torch, "save", crash)  # weights written, then the state write fails
+    # the torch.save the checkpoint module calls: weights written, then the state write fails
+    monkeypatch.setattr("transformer.training.checkpoint.torch.save", crash)
     with pytest.raises(OSError, match="injected"):
         ckpt.save_checkpoint(tmp_path, 2, _model(9), _state(2), keep_last=1, is_best=True)
     monkeypatch.undo()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import spawn
 from torch.nn.parallel import DistributedDataParallel
 
 from transformer import typecheck
@@ -30,7 +30,7 @@ ROUTING = RoutingConfig(pool_size=4, route_prefix_len=4, gradient="log_p")
 def _model(routed: bool) -> torch.nn.Module:
     torch.manual_seed(0)
     model = RoutedDecoder(CFG, ROUTING) if routed else Decoder(CFG)
-    if routed:
+    if isinstance(model, RoutedDecoder):
         with torch.no_grad():  # a router that already prefers some layers: uneven counts
             model.router.W_R.normal_(0.0, 2.0)
     return model
@@ -62,7 +62,7 @@ def _worker(rank: int, store: str, out_dir: str, routed: bool) -> None:
 
 def _run_ranks(tmp_path: Path, routed: bool, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
     monkeypatch.setenv(typecheck.ENV_SWITCH, "1")  # workers check shapes like this process
-    mp.spawn(_worker, args=(str(tmp_path / "store"), str(tmp_path), routed), nprocs=WORLD, join=True)
+    spawn(_worker, args=(str(tmp_path / "store"), str(tmp_path), routed), nprocs=WORLD, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
 

@@ -1,6 +1,8 @@
 """The training objective: next-token loss (from the routing prefix on, for routed models) plus
 the routed decoder's auxiliary losses, through any wrapper."""
 
+from typing import cast
+
 import pytest
 import torch
 
@@ -37,5 +39,5 @@ def test_routed_objective_adds_the_auxiliary_losses_to_the_loss_from_the_prefix_
 
 def test_unwrap_sees_through_torch_compile() -> None:
     model = Decoder(tiny_config())
-    compiled = torch.compile(model)  # wrapping is lazy: nothing compiles until it is called
+    compiled = cast(torch.nn.Module, torch.compile(model))  # wrapping is lazy: nothing compiles until it is called
     assert unwrap(compiled) is model and unwrap(model) is model

@@ -3,6 +3,7 @@
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from tests.helpers.tiny_runs import tiny_run_config
 from transformer.commands.main import main
 from transformer.training import checkpoint as ckpt
+from transformer.training.objective import Objective, compute_objective
 from transformer.training.run_log import read_log
 from transformer.training.trainer import TrainingError, train
 
@@ -82,10 +84,10 @@ def test_non_finite_losses_are_skipped_and_too_many_in_a_row_stop_training(
 ) -> None:
     import transformer.training.trainer as trainer_module
 
-    real = trainer_module.compute_objective
+    real = compute_objective
     calls = {"n": 0}
 
-    def sometimes_nan(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def sometimes_nan(*args: Any, **kwargs: Any) -> Objective:
         calls["n"] += 1
         objective = real(*args, **kwargs)
         if calls["n"] in (2, 3):  # the 2nd and 3rd optimizer steps blow up
@@ -101,7 +103,7 @@ def test_non_finite_losses_are_skipped_and_too_many_in_a_row_stop_training(
         train(tiny_run_config(tmp_path / "all", False, "train.max_bad_steps=3"))
 
 
-def _all_nan(objective):  # type: ignore[no-untyped-def]
+def _all_nan(objective: Objective) -> Objective:
     objective.loss = objective.loss * float("nan")
     objective.lm_loss = objective.lm_loss * float("nan")
     return objective
@@ -170,10 +172,10 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it(
 ) -> None:
     import transformer.training.trainer as trainer_module
 
-    real = trainer_module.compute_objective
+    real = compute_objective
     calls = {"n": 0}
 
-    def interrupted_on_the_fourth_step(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def interrupted_on_the_fourth_step(*args: Any, **kwargs: Any) -> Objective:
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt

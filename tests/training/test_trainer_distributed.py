@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from torch.multiprocessing.spawn import spawn
 
 from tests.helpers.tiny_runs import tiny_run_config
 from transformer import typecheck
@@ -100,7 +100,7 @@ def test_two_rank_training_step_equals_one_process_on_the_global_batch(
 ) -> None:
     monkeypatch.setenv("TRANSFORMER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv(typecheck.ENV_SWITCH, "1")
-    mp.spawn(_worker, args=(tmp_path, _free_port(), routed), nprocs=WORLD, join=True)
+    spawn(_worker, args=(tmp_path, _free_port(), routed), nprocs=WORLD, join=True)
     inputs = [torch.load(tmp_path / f"inputs{r}.pt") for r in range(WORLD)]
     assert not torch.equal(inputs[0]["windows"][0], inputs[1]["windows"][0]), "ranks read different windows"
     windows = torch.cat([i["windows"][0] for i in inputs])

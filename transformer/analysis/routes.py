@@ -12,7 +12,7 @@ Two questions, two commands (docs/analysis.md):
   of MI from a finite sample is biased upward (about (|paths| - 1)(|labels| - 1) / (2 n ln 2)
   bits, Miller-Madow), so only the excess over the shuffled baseline means something.
 
-Entropies and MI here are in bits; `routing_losses` (training's own metrics) uses nats.
+Entropies and MI here are in bits; `routing.losses` (training's own metrics) uses nats.
 """
 
 import math
@@ -38,7 +38,7 @@ RoutePath = tuple[int, ...]  # the pool layer chosen at each routing step
 
 
 def token_stream(documents: Sequence[str], tokenizer: TextTokenizer) -> Int[Tensor, " tokens"]:
-    """doc0 EOT doc1 EOT ...: the stream training reads (transformer/data.py), all of it."""
+    """doc0 EOT doc1 EOT ...: the stream training reads (transformer/data/tokens.py), all of it."""
     pieces = [np.append(ids, tokenizer.eot_id) for ids in tokenizer.encode_batch_numpy(list(documents))]
     return torch.from_numpy(np.concatenate(pieces).astype(np.int64))
 

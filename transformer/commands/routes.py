@@ -3,7 +3,7 @@
 Each `--data` source is one label. Windows of n_ctx tokens are tiled over each source's token
 stream and `--windows` of them are drawn at random (`--seed`); the router's argmax path of each
 window is counted per label, and the mutual information I(path; label) is compared with its
-shuffled-label baseline (transformer/route_analysis.py, docs/analysis.md).
+shuffled-label baseline (transformer/analysis/routes.py, docs/analysis.md).
 
 Heavy imports happen inside the handler, so `transformer --help` stays fast.
 """

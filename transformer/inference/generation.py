@@ -1,16 +1,16 @@
 """Generating text with a KV cache: the prompt once, then one position per new token.
 
 The loop is `sampling.sample`'s (logits of the last position -> `choose_next` -> append), but
-the model is fed through a `KVCache` (kv_cache.py): the first call runs the whole prompt and
-fills the cache, each later call feeds only the token just chosen. tests/test_kv_cache.py
-proves the tokens and every step's logits equal those of full forwards.
+the model is fed through a `KVCache` (transformer/model/kv_cache.py): the first call runs the
+whole prompt and fills the cache, each later call feeds only the token just chosen.
+tests/model/test_kv_cache.py proves the tokens and every step's logits equal those of full forwards.
 
 Two rules, both documented in docs/generation.md:
 
 - Routed decoder: the prompt must hold at least `route_prefix_len` (P) tokens, or generation
   stops with a `GenerationError`. The router chooses every layer from the first P positions,
   so before P tokens exist the model has no layers to run; training never scores a prediction
-  made before the prefix either (lm_loss.py). Once the first call has read the prefix, the
+  made before the prefix either (transformer/training/lm_loss.py). Once the first call has read the prefix, the
   route is fixed and stored in the cache.
 - Context overflow: while the whole text fits in `n_ctx`, the cache is used. Past it, the
   window slides: each new token costs a full forward of the last `n_ctx` tokens, without a

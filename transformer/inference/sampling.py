@@ -2,7 +2,7 @@
 
 `choose_next` turns one step's logits into a token; `sample` is the simple loop that re-runs
 the whole context for each new token (what the trainer uses for its end-of-run sample).
-generation.py does the same with a KV cache, and tests/test_kv_cache.py proves the two agree.
+generation.py does the same with a KV cache, and tests/model/test_kv_cache.py proves the two agree.
 """
 
 import torch

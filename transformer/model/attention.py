@@ -9,7 +9,7 @@ Two paths compute the same function, chosen by `ModelConfig.attention`:
   weighted sum, to read and to probe;
 - "fast": Q, K and V from one matrix multiply (the heads' weights laid side by side), then
   `torch.nn.functional.scaled_dot_product_attention`, PyTorch's fused kernel.
-tests/test_attention.py proves the two agree, values and gradients.
+tests/model/test_attention.py proves the two agree, values and gradients.
 
 With a `LayerCache` (generation, see kv_cache.py) `x` holds only the new positions: their keys
 and values are appended to the cache, and their queries attend over every cached key.

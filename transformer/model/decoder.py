@@ -1,9 +1,9 @@
 """The plain decoder: tokens -> Embed (+ positions) -> n_layers in a fixed order -> norm -> Unembed.
 
-This is GPT-2's shape. The routed decoder (routed_decoder.py) reuses every part of it and
-replaces only the fixed order of layers with a router's choice from a pool.
-With a `KVCache` (see kv_cache.py and generation.py), `tokens` are the positions after those
-already cached, and the logits are theirs alone.
+This is GPT-2's shape. The routed decoder (transformer/routing/decoder.py) reuses every part of
+it and replaces only the fixed order of layers with a router's choice from a pool.
+With a `KVCache` (see kv_cache.py here and transformer/inference/generation.py), `tokens` are the
+positions after those already cached, and the logits are theirs alone.
 """
 
 import torch.nn.functional as F

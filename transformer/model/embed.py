@@ -2,8 +2,8 @@
 
 `Embed` looks each token's row up in W_E; `Unembed` reads the final residual stream back out
 as one score per vocabulary entry. Alone, the pair is a bigram model: logits for the next
-token depend only on the current one, through W_E @ W_U (tests/test_embed.py shows it learns
-a Markov chain's transition table down to the chain's entropy).
+token depend only on the current one, through W_E @ W_U (tests/model/test_embed.py shows it
+learns a Markov chain's transition table down to the chain's entropy).
 """
 
 import torch

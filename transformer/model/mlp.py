@@ -4,7 +4,7 @@ Attention moves information between positions but, per head, only mixes vectors 
 the MLP reads the residual stream at each position, applies a non-linearity, and writes back.
 GELU uses the exact erf form; SwiGLU gates one projection with the SiLU of another. With
 `ModelConfig.attention == "fast"` the GELU is PyTorch's fused `F.gelu` (the same exact erf
-form in one pass over the activation instead of five); tests/test_mlp.py proves they agree.
+form in one pass over the activation instead of five); tests/model/test_mlp.py proves they agree.
 """
 
 import math

@@ -6,7 +6,7 @@ the root-mean-square. Both keep a block's input on a fixed scale however large t
 stream grows with depth. Epsilon goes *inside* the square root, added to the variance.
 
 With `fast=True` (the fast path, `ModelConfig.attention == "fast"`) the same function runs as
-PyTorch's fused kernel, one pass instead of five; tests/test_norm.py proves they agree.
+PyTorch's fused kernel, one pass instead of five; tests/model/test_norm.py proves they agree.
 """
 
 import torch

@@ -5,10 +5,11 @@ pool layer per sequence, the pool applies it -> final norm -> Unembed -> logits.
 
 Everything around the layers is the plain decoder's own code (`DecoderEnds`), and the layers
 are the plain `TransformerLayer`: with N = K and the route forced to step k -> layer k, the
-logits equal the plain decoder's bit for bit (tests/test_routed_decoder.py).
+logits equal the plain decoder's bit for bit (tests/routing/test_decoder.py).
 
 With a `KVCache` (generation), the route is fixed by the first call, which must hold the whole
-routing prefix; later calls feed only new tokens through the same layers (see kv_cache.py).
+routing prefix; later calls feed only new tokens through the same layers (see
+transformer/model/kv_cache.py).
 """
 
 from collections.abc import Iterator
