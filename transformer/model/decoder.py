@@ -36,7 +36,7 @@ class DecoderEnds(nn.Module):
         self.cfg = cfg
         self.embed = Embed(cfg.d_vocab, cfg.d_model, cfg.init_std)
         self.pos_embed = make_positions(cfg)
-        self.ln_final = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.fast_kernels)
+        self.ln_final = make_norm(cfg)
         self.unembed = Unembed(
             cfg.d_model, cfg.d_vocab, cfg.init_std, tied_to=self.embed if cfg.tie_embeddings else None
         )
