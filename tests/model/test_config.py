@@ -71,6 +71,19 @@ def test_rotary_dim_needs_rotary_positions(positional: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("old", "value", "message"),
+    [
+        ("attention", "readable", "model.attention was renamed model.kernels: write kernels: readable"),
+        ("rotate_dim", 16, "model.rotate_dim was renamed model.rotary_dim: write rotary_dim: 16"),
+    ],
+)
+def test_a_renamed_key_is_an_error_naming_its_new_name(old: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ModelConfig.from_dict({"positional": "rotary", old: value})
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
     ("field", "value"),
     [("dropout", 1.0), ("dropout", -0.1), ("norm_eps", -1e-5), ("init_std", 0.0)],
 )

@@ -74,6 +74,25 @@ def test_d_vocab_comes_from_the_tokenizer_unless_given_and_never_smaller() -> No
         small.model_config(77)
 
 
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("model.attention=readable", "model.attention was renamed model.kernels: write kernels: readable"),
+        ("model.rotate_dim=8", "model.rotate_dim was renamed model.rotary_dim: write rotary_dim: 8"),
+    ],
+)
+def test_old_keys_from_set_or_a_file_name_their_new_names(tmp_path: Path, assignment: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_run_config(None, ["model.positional=rotary", assignment])
+    assert str(caught.value) == message
+    key, value = assignment.removeprefix("model.").split("=")
+    old_file = tmp_path / "old.yaml"
+    old_file.write_text(f"model:\n  positional: rotary\n  {key}: {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_run_config(old_file)
+    assert str(caught.value) == message
+
+
 def test_round_trip_through_a_plain_dict() -> None:
     config = load_run_config(None, ["train.max_steps=9"])
     assert RunConfig.from_dict(config.to_dict()) == config

@@ -13,6 +13,9 @@ NORM_CHOICES = ("layernorm", "rmsnorm")
 MLP_CHOICES = ("gelu", "swiglu")
 KERNEL_CHOICES = ("readable", "fast")
 
+# Keys a config (YAML, --set, a checkpoint) may still hold from before a rename, and their names now.
+RENAMED = {"attention": "kernels", "rotate_dim": "rotary_dim"}
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the field and how to fix it."""
@@ -107,6 +110,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        for old, new in RENAMED.items():
+            if old in values:
+                value = "null" if values[old] is None else values[old]
+                raise ConfigError(f"model.{old} was renamed model.{new}: write {new}: {value}")
         return cls(**checked_fields(cls, values, "ModelConfig field"))
 
 
