@@ -57,8 +57,8 @@ def prime_routers(patch: pytest.MonkeyPatch, scale: float = 5.0) -> None:
 
     build = trainer_module.build_model
 
-    def primed(config: RunConfig, d_vocab: int) -> DecoderEnds:
-        model = build(config, d_vocab)
+    def primed(config: RunConfig) -> DecoderEnds:
+        model = build(config)
         if isinstance(model, RoutedDecoder):
             with torch.no_grad():
                 model.router.W_R.normal_(0.0, scale, generator=torch.Generator().manual_seed(0))

@@ -106,3 +106,9 @@ def test_explicit_d_head_builds_a_working_decoder() -> None:
     model = Decoder(ModelConfig(d_vocab=11, d_model=10, n_heads=3, d_head=4, n_layers=1, n_ctx=8))
     assert model.layers[0].attn.W_Q.shape == (3, 10, 4)
     assert model(torch.zeros(2, 8, dtype=torch.long)).shape == (2, 8, 11)
+
+
+def test_a_decoder_needs_d_vocab() -> None:
+    assert ModelConfig().d_vocab is None  # a run config fills it from the tokenizer
+    with pytest.raises(ConfigError, match=r"^model.d_vocab is not set: give it, or fill in the tokenizer's size"):
+        Decoder(ModelConfig(n_layers=1))

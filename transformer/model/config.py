@@ -30,7 +30,7 @@ class ModelConfig:
     old d_head and d_mlp; build a new config from the given values to derive them afresh.
     """
 
-    d_vocab: int = 256
+    d_vocab: int | None = None  # None: not known yet (RunConfig.with_vocab fills in the tokenizer's size)
     d_model: int = 128
     n_heads: int = 4
     n_layers: int = 4
@@ -51,9 +51,9 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("d_vocab", "d_model", "n_heads", "n_layers", "n_ctx"):
+        for name in ("d_model", "n_heads", "n_layers", "n_ctx"):
             _require_positive(name, getattr(self, name))
-        for name in ("d_head", "d_mlp"):
+        for name in ("d_vocab", "d_head", "d_mlp"):
             value = getattr(self, name)
             if value is not None:
                 _require_positive(name, value)
