@@ -4,8 +4,8 @@ One training step = forward, cross-entropy, backward, AdamW step, zero_grad, on 
 batch of random tokens. Three paths, all at nanoGPT's CPU recipe size (4 layers, d_model 128,
 4 heads, context 64, batch 12, vocab 65, no dropout) and with the same parameter count:
 
-- readable: `Decoder(ModelConfig(attention="readable"))`, explicit scores/mask/softmax;
-- fast:     `Decoder(ModelConfig(attention="fast"))`, F.scaled_dot_product_attention;
+- readable: `Decoder(ModelConfig(kernels="readable"))`, explicit scores/mask/softmax;
+- fast:     `Decoder(ModelConfig(kernels="fast"))`, F.scaled_dot_product_attention;
 - baseline: bench/gpt_baseline.py, an nn.Embedding/nn.LayerNorm/fused-qkv nn.Linear GPT.
 
 Timing runs the three paths in one process, interleaved and in rotating order, so that a
@@ -62,7 +62,7 @@ def build_model(path: str) -> nn.Module:
         n_heads=N_HEADS,
         n_layers=N_LAYERS,
         n_ctx=N_CTX,
-        attention=path,
+        kernels=path,
         bias=True,
         tie_embeddings=False,
         dropout=0.0,

@@ -35,10 +35,10 @@ from transformer.data.tokenizer import train_tokenizer
 from transformer.inference.loading import load_trained
 from transformer.routing.decoder import RoutedDecoder
 from transformer.routing.losses import entropy
-from transformer.training.config import RunConfig, load_run_config
+from transformer.training.config import RunConfig, build_model, load_run_config
 from transformer.training.lm_loss import lm_loss
 from transformer.training.run_log import active_parameters, flops_per_token
-from transformer.training.trainer import build_model, train
+from transformer.training.trainer import train
 
 VARIANTS = ("learned", "random", "fixed", "plain-K", "plain-N")
 POOL, STEPS, PREFIX = 6, 3, 16
@@ -85,7 +85,7 @@ def plan_runs(args: argparse.Namespace) -> list[Plan]:
                 ]
             )
             config = load_run_config(None, overrides)
-            model = build_model(config, vocab)
+            model = build_model(config.with_vocab(vocab))
             per_token = flops_per_token(
                 active_parameters(model), model.cfg.n_layers, model.cfg.d_model, model.cfg.n_ctx
             )
@@ -99,7 +99,7 @@ def plan_runs(args: argparse.Namespace) -> list[Plan]:
 
 def _reference_flops(vocab: int) -> float:
     """FLOPs per token of the routed model: the budget is `budget_tokens` of *its* training."""
-    model = build_model(load_run_config(None, variant_overrides("learned")), vocab)
+    model = build_model(load_run_config(None, variant_overrides("learned")).with_vocab(vocab))
     return flops_per_token(active_parameters(model), model.cfg.n_layers, model.cfg.d_model, model.cfg.n_ctx)
 
 

@@ -55,8 +55,8 @@ def prime_routers(patch: pytest.MonkeyPatch, scale: float = 5.0) -> None:
     need a non-trivial route table then do not hang on where six tiny steps happen to land."""
     import transformer.training.trainer as trainer_module
 
-    def primed(config: RunConfig, d_vocab: int) -> DecoderEnds:
-        model = build_model(config, d_vocab)
+    def primed(config: RunConfig) -> DecoderEnds:
+        model = build_model(config)
         if isinstance(model, RoutedDecoder):
             with torch.no_grad():
                 model.router.W_R.normal_(0.0, scale, generator=torch.Generator().manual_seed(0))

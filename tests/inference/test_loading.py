@@ -18,7 +18,8 @@ def test_loads_the_saved_weights_tokenizer_and_config(tmp_path: Path, monkeypatc
     config = tiny_run_config(tmp_path, True, "train.max_steps=3")
     train(config)
     run = load_trained(Path(config.train.out_dir))
-    assert run.step == 3 and run.config == config and isinstance(run.model, RoutedDecoder)
+    assert run.step == 3 and run.config == config.with_vocab(run.tokenizer.vocab_size)
+    assert isinstance(run.model, RoutedDecoder) and run.model.cfg.d_vocab == run.tokenizer.vocab_size
     assert not run.model.training
     text = "The assert statement"
     assert run.tokenizer.decode(run.tokenizer.encode(text)) == text
@@ -30,6 +31,32 @@ def test_loads_the_saved_weights_tokenizer_and_config(tmp_path: Path, monkeypatc
     tokens = torch.tensor([run.tokenizer.encode(text[:13])])
     loss = compute_objective(run.model, tokens).lm_loss
     assert torch.isfinite(loss)
+
+
+def _rewrite_saved_model_config(run_dir: Path, model: dict[str, object]) -> None:
+    folder = ckpt.resolve(run_dir, "latest")
+    state = ckpt.read_state(folder)
+    state["config"]["model"] = model
+    torch.save(state, folder / ckpt.STATE)
+
+
+def test_a_checkpoint_from_before_the_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints used to record the model section as written, so d_vocab may be absent (the
+    tokenizer's size, as then) and an `attention` key is refused with its new name."""
+    monkeypatch.setenv("TRANSFORMER_CACHE", str(tmp_path / "cache"))
+    config = tiny_run_config(tmp_path, False, "train.max_steps=3")
+    train(config)
+    run_dir = Path(config.train.out_dir)
+    as_written = {"d_model": 16, "n_heads": 2, "n_layers": 2, "n_ctx": 16, "positional": "learned"}
+    _rewrite_saved_model_config(run_dir, as_written)
+    run = load_trained(run_dir)
+    assert run.config == config.with_vocab(run.tokenizer.vocab_size)  # the same model as saved today
+    _rewrite_saved_model_config(run_dir, {**as_written, "attention": "fast"})
+    with pytest.raises(ckpt.CheckpointError) as caught:
+        load_trained(run_dir)
+    assert str(caught.value).endswith(
+        "has no usable config or tokenizer: model.attention was renamed model.kernels: write kernels: fast"
+    )
 
 
 def test_bad_run_directories_and_checkpoints_are_clear_errors(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ def attention(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: ob
 
 def twin(module: Attention, path: str) -> Attention:
     """The same weights computing through the other path."""
-    other = attention(positional=_positional(module), attention=path)
+    other = attention(positional=_positional(module), kernels=path)
     other.load_state_dict(module.state_dict())
     return other
 
@@ -61,7 +61,7 @@ def padding_mask() -> Tensor:
 
 
 def test_equals_torch_multihead_attention_float64() -> None:
-    ours = attention(dtype=torch.float64, attention="readable", positional="none")
+    ours = attention(dtype=torch.float64, kernels="readable", positional="none")
     reference = torch_attention(ours)
     x = inputs(dtype=torch.float64)
     expected, expected_pattern = reference(
@@ -77,7 +77,7 @@ def test_equals_torch_multihead_attention_float64() -> None:
 @pytest.mark.parametrize("positional", POSITIONALS)
 @pytest.mark.parametrize("padded", [False, True], ids=["no_padding", "padding"])
 def test_readable_and_fast_paths_agree_forward_and_backward(positional: str, padded: bool) -> None:
-    readable = attention(positional=positional, attention="readable")
+    readable = attention(positional=positional, kernels="readable")
     fast = twin(readable, "fast")
     mask = padding_mask() if padded else None
     weights = inputs(seed=7)  # a random direction to back-propagate, so every output matters
@@ -95,7 +95,7 @@ def test_readable_and_fast_paths_agree_forward_and_backward(positional: str, pad
 
 
 def test_softmax_runs_in_float32_for_bfloat16_parameters() -> None:
-    module = attention(dtype=torch.bfloat16, attention="readable")
+    module = attention(dtype=torch.bfloat16, kernels="readable")
     generator = torch.Generator().manual_seed(3)
     q = (torch.randn(2, N_HEADS, POS, D_MODEL // N_HEADS, generator=generator) * 3).bfloat16()
     k = (torch.randn(2, N_HEADS, POS, D_MODEL // N_HEADS, generator=generator) * 3).bfloat16()
@@ -115,7 +115,7 @@ def test_softmax_runs_in_float32_for_bfloat16_parameters() -> None:
 @pytest.mark.parametrize("path", ["readable", "fast"])
 @pytest.mark.parametrize("positional", POSITIONALS)
 def test_causal_outputs_ignore_later_positions(path: str, positional: str) -> None:
-    module = attention(positional=positional, attention=path)
+    module = attention(positional=positional, kernels=path)
     x = inputs()
     for t in range(POS - 1):
         changed = x.clone()
@@ -128,7 +128,7 @@ def test_causal_outputs_ignore_later_positions(path: str, positional: str) -> No
 @pytest.mark.parametrize("path", ["readable", "fast"])
 @pytest.mark.parametrize("positional", POSITIONALS)
 def test_batch_elements_are_independent(path: str, positional: str) -> None:
-    module = attention(positional=positional, attention=path)
+    module = attention(positional=positional, kernels=path)
     x, mask = inputs(), padding_mask()
     together = module(x, mask)
     for b in range(3):
@@ -139,7 +139,7 @@ def test_batch_elements_are_independent(path: str, positional: str) -> None:
 @pytest.mark.parametrize("path", ["readable", "fast"])
 @pytest.mark.parametrize("positional", ["none", "alibi"])
 def test_fully_masked_queries_give_zero_mix_and_finite_gradients(path: str, positional: str) -> None:
-    module = attention(positional=positional, attention=path)
+    module = attention(positional=positional, kernels=path)
     mask = padding_mask()
     mask[0] = False  # batch element 0: no key anywhere
     x = inputs().requires_grad_()

@@ -11,10 +11,21 @@ from transformer.model.decoder import Decoder
 from transformer.model.layer import TransformerLayer
 
 
-def test_defaults_are_valid_and_derived_sizes_follow() -> None:
-    cfg = ModelConfig(d_model=128, n_heads=4)
-    assert (cfg.head_dim, cfg.mlp_dim, cfg.rotary_dim) == (32, 512, 32)
-    assert ModelConfig(d_model=10, n_heads=3, d_head=4).head_dim == 4  # explicit d_head: no divisibility
+def test_defaults_are_valid_and_derived_sizes_are_resolved_at_construction() -> None:
+    cfg = ModelConfig(d_model=128, n_heads=4, positional="rotary")
+    assert (cfg.d_head, cfg.d_mlp, cfg.rotary_dim) == (32, 512, 32)
+    assert ModelConfig(d_model=96, n_heads=3).d_head == 32 and ModelConfig(d_model=96).d_mlp == 384
+    assert ModelConfig(d_model=10, n_heads=3, d_head=4).d_head == 4  # explicit d_head: no divisibility
+    assert ModelConfig(d_model=64, n_heads=4, d_head=8, positional="rotary").rotary_dim == 8  # all of d_head
+    assert ModelConfig(d_model=64, d_mlp=100).d_mlp == 100
+    assert ModelConfig(positional="learned").rotary_dim == 0  # nothing rotates without rotary positions
+
+
+def test_a_config_that_gives_none_derives_the_size() -> None:
+    given = ModelConfig.from_dict({"d_model": 64, "n_heads": 2, "d_head": None, "d_mlp": None, "rotary_dim": None})
+    assert (given.d_head, given.d_mlp, given.rotary_dim) == (32, 256, 0)
+    assert given == ModelConfig(d_model=64, n_heads=2)
+    assert ModelConfig.from_dict({"positional": "rotary", "rotary_dim": None}).rotary_dim == 32
 
 
 def test_config_error_is_a_value_error() -> None:
@@ -42,24 +53,37 @@ def test_float_size_is_refused() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("positional", "absolute"), ("norm", "batchnorm"), ("mlp", "relu"), ("attention", "flash")],
+    [("positional", "absolute"), ("norm", "batchnorm"), ("mlp", "relu"), ("kernels", "flash")],
 )
 def test_unknown_choice_names_the_field_and_the_choices(field: str, value: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{field}='{value}' is not one of \["):
         ModelConfig(**{field: value})  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("rotate_dim", [3, 34, 0])
-def test_rotate_dim_must_be_even_positive_and_within_d_head(rotate_dim: int) -> None:
-    with pytest.raises(ConfigError, match=rf"^rotate_dim={rotate_dim}"):
-        ModelConfig(d_model=128, n_heads=4, positional="rotary", rotate_dim=rotate_dim)
-    assert ModelConfig(d_model=128, n_heads=4, positional="rotary", rotate_dim=16).rotary_dim == 16
+@pytest.mark.parametrize("rotary_dim", [3, 34, 0, -2])
+def test_rotary_dim_must_be_even_positive_and_within_d_head(rotary_dim: int) -> None:
+    with pytest.raises(ConfigError, match=rf"^rotary_dim={rotary_dim}"):
+        ModelConfig(d_model=128, n_heads=4, positional="rotary", rotary_dim=rotary_dim)
+    assert ModelConfig(d_model=128, n_heads=4, positional="rotary", rotary_dim=16).rotary_dim == 16
 
 
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal", "alibi", "none"])
-def test_rotate_dim_needs_rotary_positions(positional: str) -> None:
-    with pytest.raises(ConfigError, match=r"^rotate_dim=8 only applies to positional='rotary'"):
-        ModelConfig(positional=positional, rotate_dim=8)
+def test_rotary_dim_needs_rotary_positions(positional: str) -> None:
+    with pytest.raises(ConfigError, match=r"^rotary_dim=8 only applies to positional='rotary'"):
+        ModelConfig(positional=positional, rotary_dim=8)
+
+
+@pytest.mark.parametrize(
+    ("old", "value", "message"),
+    [
+        ("attention", "readable", "model.attention was renamed model.kernels: write kernels: readable"),
+        ("rotate_dim", 16, "model.rotate_dim was renamed model.rotary_dim: write rotary_dim: 16"),
+    ],
+)
+def test_a_renamed_key_is_an_error_naming_its_new_name(old: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ModelConfig.from_dict({"positional": "rotary", old: value})
+    assert str(caught.value) == message
 
 
 @pytest.mark.parametrize(
@@ -71,9 +95,11 @@ def test_out_of_range_floats(field: str, value: float) -> None:
         ModelConfig(**{field: value})  # type: ignore[arg-type]
 
 
-def test_dict_round_trip_and_unknown_fields() -> None:
-    cfg = ModelConfig(d_vocab=50, positional="rotary", rotate_dim=16, tie_embeddings=True)
+@pytest.mark.parametrize("positional", ["rotary", "learned"])
+def test_dict_round_trip_and_unknown_fields(positional: str) -> None:
+    cfg = ModelConfig(d_vocab=50, positional=positional, d_mlp=100, tie_embeddings=True, kernels="readable")
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert ModelConfig.from_dict(ModelConfig(d_vocab=50, positional="rotary", rotary_dim=16).to_dict()).rotary_dim == 16
     with pytest.raises(ConfigError, match=r"unknown ModelConfig field\(s\) \['d_modle'\]"):
         ModelConfig.from_dict({**cfg.to_dict(), "d_modle": 64})
 
@@ -83,3 +109,9 @@ def test_explicit_d_head_builds_a_working_decoder() -> None:
     model = Decoder(ModelConfig(d_vocab=11, d_model=10, n_heads=3, d_head=4, n_layers=1, n_ctx=8))
     assert cast(TransformerLayer, model.layers[0]).attn.W_Q.shape == (3, 10, 4)
     assert model(torch.zeros(2, 8, dtype=torch.long)).shape == (2, 8, 11)
+
+
+def test_a_decoder_needs_d_vocab() -> None:
+    assert ModelConfig().d_vocab is None  # a run config fills it from the tokenizer
+    with pytest.raises(ConfigError, match=r"^model.d_vocab is not set: give it, or fill in the tokenizer's size"):
+        Decoder(ModelConfig(n_layers=1))

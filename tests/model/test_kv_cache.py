@@ -26,7 +26,7 @@ NEW_TOKENS = 32
 TOLERANCE: dict[str, Any] = dict(rtol=1e-4, atol=1e-4)
 
 
-def plain_model(positional: str = "learned", attention: str = "fast", n_ctx: int = 64) -> Decoder:
+def plain_model(positional: str = "learned", kernels: str = "fast", n_ctx: int = 64) -> Decoder:
     # init_std 0.3 (not 0.02) spreads the logits, so no two tokens tie for the argmax to within
     # rounding and greedy decoding is a sharp comparison.
     cfg = ModelConfig(
@@ -36,17 +36,15 @@ def plain_model(positional: str = "learned", attention: str = "fast", n_ctx: int
         n_layers=2,
         n_ctx=n_ctx,
         positional=positional,
-        attention=attention,
+        kernels=kernels,
         init_std=0.3,
     )
     torch.manual_seed(0)
     return Decoder(cfg).eval()
 
 
-def routed_model(attention: str = "fast", n_ctx: int = 64, prefix: int = 4) -> RoutedDecoder:
-    cfg = ModelConfig(
-        d_vocab=D_VOCAB, d_model=32, n_heads=4, n_layers=3, n_ctx=n_ctx, attention=attention, init_std=0.3
-    )
+def routed_model(kernels: str = "fast", n_ctx: int = 64, prefix: int = 4) -> RoutedDecoder:
+    cfg = ModelConfig(d_vocab=D_VOCAB, d_model=32, n_heads=4, n_layers=3, n_ctx=n_ctx, kernels=kernels, init_std=0.3)
     torch.manual_seed(0)
     model = RoutedDecoder(cfg, RoutingConfig(pool_size=4, route_prefix_len=prefix)).eval()
     with torch.no_grad():  # W_R starts at zero (every sequence on layer 0): spread the routes
@@ -71,12 +69,12 @@ def assert_matches_full_forwards(model: Decoder | RoutedDecoder, prompt: Tensor,
     assert torch.equal(out.tokens[:, prompt.shape[1] :], out.logits.argmax(dim=-1))
 
 
-@pytest.mark.parametrize("attention", ["readable", "fast"])
+@pytest.mark.parametrize("kernels", ["readable", "fast"])
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal", "rotary", "alibi"])
-def test_feeding_tokens_in_chunks_through_the_cache_equals_one_forward(positional: str, attention: str) -> None:
+def test_feeding_tokens_in_chunks_through_the_cache_equals_one_forward(positional: str, kernels: str) -> None:
     """Chunks of several tokens after a filled cache exercise the general causal mask: query i
     at absolute position offset + i sees keys 0 .. offset + i, never a later one."""
-    model = plain_model(positional, attention)
+    model = plain_model(positional, kernels)
     tokens = torch.randint(0, D_VOCAB, (3, 20), generator=torch.Generator().manual_seed(2))
     cache = KVCache(model.cfg.n_layers)
     with torch.no_grad():
@@ -86,22 +84,22 @@ def test_feeding_tokens_in_chunks_through_the_cache_equals_one_forward(positiona
     cfg = model.cfg
     for layer_cache in cache.layers:
         assert layer_cache.k is not None and layer_cache.v is not None
-        assert layer_cache.k.shape == layer_cache.v.shape == (3, cfg.n_heads, 20, cfg.head_dim)
+        assert layer_cache.k.shape == layer_cache.v.shape == (3, cfg.n_heads, 20, cfg.d_head)
 
 
-@pytest.mark.parametrize("attention", ["readable", "fast"])
+@pytest.mark.parametrize("kernels", ["readable", "fast"])
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal", "rotary", "alibi"])
-def test_greedy_generation_with_the_cache_equals_full_forwards(positional: str, attention: str) -> None:
-    model = plain_model(positional, attention)
+def test_greedy_generation_with_the_cache_equals_full_forwards(positional: str, kernels: str) -> None:
+    model = plain_model(positional, kernels)
     prompt = torch.randint(0, D_VOCAB, (2, 6), generator=torch.Generator().manual_seed(3))
     assert_matches_full_forwards(model, prompt, NEW_TOKENS)
 
 
-@pytest.mark.parametrize("attention", ["readable", "fast"])
-def test_routed_greedy_generation_with_the_cache_equals_full_forwards(attention: str) -> None:
+@pytest.mark.parametrize("kernels", ["readable", "fast"])
+def test_routed_greedy_generation_with_the_cache_equals_full_forwards(kernels: str) -> None:
     """Six sequences on different routes in one batch: each keeps the keys and values of the
     layers its own route names at each step."""
-    model = routed_model(attention)
+    model = routed_model(kernels)
     prompt = torch.randint(0, D_VOCAB, (6, 6), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         _, info = model(prompt)

@@ -13,7 +13,7 @@ def mlp_in_float64(mlp: str, bias: bool = True, seed: int = 0, path: str = "read
     """A float64 MLP whose biases are non-zero, so the reference checks where they are added.
     `path="readable"` uses the hand-written erf GELU, "fast" PyTorch's fused one."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(d_model=8, n_heads=2, d_mlp=24, mlp=mlp, bias=bias, init_std=0.5, attention=path)
+    cfg = ModelConfig(d_model=8, n_heads=2, d_mlp=24, mlp=mlp, bias=bias, init_std=0.5, kernels=path)
     module = MLP(cfg).double()
     with torch.no_grad():
         for name, parameter in module.named_parameters():

@@ -8,9 +8,14 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import TypeCheckError
 
+from transformer.model.config import ModelConfig
 from transformer.model.norm import LayerNorm, RMSNorm, make_norm
 
 D_MODEL = 16
+
+
+def norm_of(kind: str, eps: float = 1e-5, kernels: str = "readable") -> LayerNorm | RMSNorm:
+    return make_norm(ModelConfig(d_model=D_MODEL, norm=kind, norm_eps=eps, kernels=kernels))
 
 
 def randomised(norm: LayerNorm | RMSNorm, seed: int) -> LayerNorm | RMSNorm:
@@ -72,7 +77,7 @@ def test_rmsnorm_output_has_unit_root_mean_square_per_position() -> None:
 @pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
 @pytest.mark.parametrize("batch_shape", [(), (7,), (2, 3), (2, 3, 4)])
 def test_norm_works_per_position_on_any_leading_shape(kind: str, batch_shape: tuple[int, ...]) -> None:
-    norm = randomised(make_norm(kind, D_MODEL, 1e-5), seed=3)
+    norm = randomised(norm_of(kind), seed=3)
     n_positions = math.prod(batch_shape)
     rows = residual(n_positions)
     out = norm(rows.reshape(*batch_shape, D_MODEL))
@@ -81,9 +86,12 @@ def test_norm_works_per_position_on_any_leading_shape(kind: str, batch_shape: tu
     torch.testing.assert_close(out.reshape(n_positions, D_MODEL), norm(rows), rtol=1e-12, atol=1e-12)
 
 
-def test_make_norm_picks_the_named_kind() -> None:
-    assert type(make_norm("layernorm", D_MODEL, 1e-5)) is LayerNorm
-    assert type(make_norm("rmsnorm", D_MODEL, 1e-5)) is RMSNorm
+@pytest.mark.parametrize("kernels", ["readable", "fast"])
+def test_make_norm_picks_the_configs_kind_width_eps_and_kernels(kernels: str) -> None:
+    for kind, norm_class in (("layernorm", LayerNorm), ("rmsnorm", RMSNorm)):
+        norm = norm_of(kind, eps=0.25, kernels=kernels)
+        assert type(norm) is norm_class and norm.w.shape == (D_MODEL,) and norm.eps == 0.25
+        assert norm.fast == (kernels == "fast")
 
 
 @pytest.mark.parametrize("norm_class", [LayerNorm, RMSNorm])
@@ -105,8 +113,8 @@ def test_wrong_width_input_fails_loudly(norm_class: type[LayerNorm | RMSNorm]) -
 @pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
 @pytest.mark.parametrize("eps", [1e-5, 0.1])
 def test_fast_path_norms_equal_the_readable_ones_values_and_gradients(kind: str, eps: float) -> None:
-    readable = randomised(make_norm(kind, D_MODEL, eps, fast=False), seed=3)
-    fast = randomised(make_norm(kind, D_MODEL, eps, fast=True), seed=3)
+    readable = randomised(norm_of(kind, eps, kernels="readable"), seed=3)
+    fast = randomised(norm_of(kind, eps, kernels="fast"), seed=3)
     x = residual(3, 4, seed=4).requires_grad_(True)
     out_readable, out_fast = readable(x), fast(x)
     torch.testing.assert_close(out_fast, out_readable, rtol=1e-12, atol=1e-12)

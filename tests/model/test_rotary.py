@@ -14,15 +14,15 @@ N_CTX = 32
 BASE = 10_000.0
 
 
-def rotate_as_complex(x: Tensor, rotate_dim: int, offset: int = 0) -> Tensor:
+def rotate_as_complex(x: Tensor, rotary_dim: int, offset: int = 0) -> Tensor:
     """RoPE as Su et al. write it: pair (x_2i, x_2i+1) is the complex number x_2i + i x_2i+1,
-    and the vector at position p is multiplied by exp(i p theta_i), theta_i = base^(-2i/rotate_dim)."""
+    and the vector at position p is multiplied by exp(i p theta_i), theta_i = base^(-2i/rotary_dim)."""
     positions = torch.arange(offset, offset + x.shape[-2], dtype=torch.float64)
-    theta = BASE ** (-torch.arange(0, rotate_dim, 2, dtype=torch.float64) / rotate_dim)
+    theta = BASE ** (-torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)
     turn = torch.polar(torch.ones(len(positions), len(theta), dtype=torch.float64), positions[:, None] * theta)
-    pairs = torch.view_as_complex(x[..., :rotate_dim].reshape(*x.shape[:-1], rotate_dim // 2, 2).contiguous())
+    pairs = torch.view_as_complex(x[..., :rotary_dim].reshape(*x.shape[:-1], rotary_dim // 2, 2).contiguous())
     rotated = torch.view_as_real(pairs * turn).flatten(-2)
-    return torch.cat((rotated, x[..., rotate_dim:]), dim=-1)
+    return torch.cat((rotated, x[..., rotary_dim:]), dim=-1)
 
 
 def vectors(*shape: int, seed: int = 0) -> Tensor:
@@ -33,11 +33,11 @@ def vectors(*shape: int, seed: int = 0) -> Tensor:
 TOLERANCE: dict[str, Any] = {"rtol": 1e-6, "atol": 1e-6}
 
 
-@pytest.mark.parametrize("rotate_dim", [16, 8, 2])
-def test_rotary_matches_complex_multiplication(rotate_dim: int) -> None:
+@pytest.mark.parametrize("rotary_dim", [16, 8, 2])
+def test_rotary_matches_complex_multiplication(rotary_dim: int) -> None:
     x = vectors(2, 3, N_CTX, 16)  # batch, n_heads, pos, d_head
-    rotary = Rotary(rotate_dim, N_CTX, BASE)
-    torch.testing.assert_close(rotary(x), rotate_as_complex(x, rotate_dim), **TOLERANCE)
+    rotary = Rotary(rotary_dim, N_CTX, BASE)
+    torch.testing.assert_close(rotary(x), rotate_as_complex(x, rotary_dim), **TOLERANCE)
 
 
 def test_partial_rotary_passes_the_remaining_dimensions_through_unchanged() -> None:
@@ -80,7 +80,7 @@ def test_query_key_score_depends_only_on_relative_position() -> None:
     assert by_offset[0] == pytest.approx(float(q @ k), rel=1e-6)
 
 
-def test_rotary_rejects_odd_rotate_dim_and_too_long_sequences() -> None:
+def test_rotary_rejects_odd_rotary_dim_and_too_long_sequences() -> None:
     with pytest.raises(ValueError, match="even"):
         Rotary(5, N_CTX, BASE)
     with pytest.raises(ValueError, match="n_ctx"):

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from transformer.model.config import ConfigError
-from transformer.training.config import RunConfig, TrainSettings, load_run_config
+from transformer.model.config import ConfigError, ModelConfig
+from transformer.training.config import RunConfig, TrainSettings, build_model, load_run_config
 
 CONFIGS = Path(__file__).parent.parent.parent / "configs"
 
@@ -13,7 +13,8 @@ CONFIGS = Path(__file__).parent.parent.parent / "configs"
 @pytest.mark.parametrize("name", ["tiny-routed", "tiny-plain", "shakespeare-char", "gpt2-small-routed"])
 def test_every_shipped_config_loads_and_builds_a_valid_model_config(name: str) -> None:
     config = load_run_config(CONFIGS / f"{name}.yaml")
-    model = config.model_config(d_vocab=100)
+    assert isinstance(config.model, ModelConfig) and config.model.d_vocab is None
+    model = config.with_vocab(100).model
     assert model.d_vocab == 100
     assert (config.routing is None) == (name in ("tiny-plain", "shakespeare-char"))
     if config.routing is not None:
@@ -29,7 +30,7 @@ def test_overrides_change_values_with_yaml_types() -> None:
         None, ["train.max_steps=7", "model.d_model=32", "train.lr=1e-2", "routing.gradient=none", "train.compile=true"]
     )
     assert config.train.max_steps == 7 and config.train.lr == 0.01 and config.train.compile is True
-    assert config.model["d_model"] == 32 and config.routing is not None and config.routing.gradient == "none"
+    assert config.model.d_model == 32 and config.routing is not None and config.routing.gradient == "none"
     assert load_run_config(None, ["routing=null"]).routing is None
 
 
@@ -65,15 +66,60 @@ def test_unknown_sections_and_bad_files_are_errors(tmp_path: Path) -> None:
 
 
 def test_d_vocab_comes_from_the_tokenizer_unless_given_and_never_smaller() -> None:
-    config = RunConfig(model={"d_model": 32, "n_heads": 4}, routing=None, train=TrainSettings())
-    assert config.model_config(77).d_vocab == 77
-    padded = RunConfig(model={"d_model": 32, "n_heads": 4, "d_vocab": 128}, routing=None)
-    assert padded.model_config(77).d_vocab == 128
-    small = RunConfig(model={"d_model": 32, "n_heads": 4, "d_vocab": 50}, routing=None)
-    with pytest.raises(ConfigError, match="smaller than the tokenizer's vocabulary"):
-        small.model_config(77)
+    config = RunConfig(model=ModelConfig(d_model=32, n_heads=4), routing=None, train=TrainSettings())
+    filled = config.with_vocab(77)
+    assert filled.model == ModelConfig(d_vocab=77, d_model=32, n_heads=4) and filled.train == config.train
+    assert config.model.d_vocab is None  # with_vocab returns a new config
+    padded = RunConfig(model=ModelConfig(d_model=32, n_heads=4, d_vocab=128), routing=None)
+    assert padded.with_vocab(77).model.d_vocab == 128
+    assert padded.with_vocab(128).model.d_vocab == 128
+    small = RunConfig(model=ModelConfig(d_model=32, n_heads=4, d_vocab=50), routing=None)
+    with pytest.raises(ConfigError) as caught:
+        small.with_vocab(77)
+    assert str(caught.value) == (
+        "model.d_vocab=50 is smaller than the tokenizer's vocabulary (77): "
+        "leave d_vocab out to use the tokenizer's size"
+    )
+    assert load_run_config(None, ["model.d_vocab=300"]).with_vocab(65).model.d_vocab == 300
+
+
+def test_build_model_needs_the_filled_config() -> None:
+    config = load_run_config(None, ["routing=null", "model.n_layers=1"])
+    with pytest.raises(ConfigError, match=r"^model.d_vocab is not set"):
+        build_model(config)
+    assert build_model(config.with_vocab(40)).embed.W_E.shape == (40, config.model.d_model)
+
+
+def test_overrides_apply_before_sizes_are_derived() -> None:
+    """--set model.d_model changes the derived d_head and d_mlp too, as it would in the file;
+    sizes the file gives stay given."""
+    config = load_run_config(None, ["model.d_model=256"])
+    assert (config.model.d_head, config.model.d_mlp) == (256 // config.model.n_heads, 4 * 256)
+    given = load_run_config(None, ["model.d_head=8", "model.d_model=256"])
+    assert given.model.d_head == 8
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("model.attention=readable", "model.attention was renamed model.kernels: write kernels: readable"),
+        ("model.rotate_dim=8", "model.rotate_dim was renamed model.rotary_dim: write rotary_dim: 8"),
+    ],
+)
+def test_old_keys_from_set_or_a_file_name_their_new_names(tmp_path: Path, assignment: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_run_config(None, ["model.positional=rotary", assignment])
+    assert str(caught.value) == message
+    key, value = assignment.removeprefix("model.").split("=")
+    old_file = tmp_path / "old.yaml"
+    old_file.write_text(f"model:\n  positional: rotary\n  {key}: {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_run_config(old_file)
+    assert str(caught.value) == message
 
 
 def test_round_trip_through_a_plain_dict() -> None:
     config = load_run_config(None, ["train.max_steps=9"])
     assert RunConfig.from_dict(config.to_dict()) == config
+    filled = config.with_vocab(65)
+    assert filled.to_dict()["model"]["d_vocab"] == 65 and RunConfig.from_dict(filled.to_dict()) == filled

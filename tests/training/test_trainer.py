@@ -54,6 +54,21 @@ def test_resume_is_bitwise_exact(tmp_path: Path, routed: bool) -> None:
     assert train_a == train_b
 
 
+def test_a_padded_d_vocab_is_saved_resumed_and_must_match(tmp_path: Path) -> None:
+    """The checkpoint records the d_vocab the model was built with; a resume fills in its own
+    config the same way before comparing, so only a real difference is refused."""
+    padded = tiny_run_config(tmp_path, False, "model.d_vocab=400")
+    assert train(padded, stop_at=3).steps == 3
+    state = ckpt.read_state(ckpt.resolve(Path(padded.train.out_dir), "latest"))
+    assert (
+        state["config"]["model"]["d_vocab"] == 400 and _weights(Path(padded.train.out_dir))["embed.W_E"].shape[0] == 400
+    )
+    assert train(padded, resume="latest").steps == 6
+    other = tiny_run_config(tmp_path, False, "model.d_vocab=416")
+    with pytest.raises(ckpt.CheckpointError, match=r"the checkpoint's model config differs from this run's"):
+        train(other, resume="latest")
+
+
 def test_loss_falls_and_the_run_leaves_checkpoints_and_a_parseable_log(tmp_path: Path) -> None:
     config = tiny_run_config(
         tmp_path, True, "train.max_steps=30", "train.eval_interval=15", "train.checkpoint_interval=15"

@@ -114,5 +114,5 @@ def generate(
     finally:
         model.train(was_training)
     if not step_logits:
-        return Generation(tokens, torch.zeros(prompt.shape[0], 0, model.cfg.d_vocab, device=prompt.device))
+        return Generation(tokens, torch.zeros(prompt.shape[0], 0, model.embed.W_E.shape[0], device=prompt.device))
     return Generation(tokens, torch.stack(step_logits, dim=1))

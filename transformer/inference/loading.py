@@ -36,11 +36,11 @@ def load_trained(run_dir: Path, which: str = "latest", device: str | torch.devic
     folder = ckpt.resolve(run_dir, which)
     state = ckpt.read_state(folder)
     try:
-        config = RunConfig.from_dict(state["config"])
         tokenizer = TextTokenizer.from_json(state["tokenizer"])
+        config = RunConfig.from_dict(state["config"]).with_vocab(tokenizer.vocab_size)
     except (KeyError, ValueError) as error:
         raise ckpt.CheckpointError(f"checkpoint {folder} has no usable config or tokenizer: {error}") from error
-    model = build_model(config, tokenizer.vocab_size).to(place)
+    model = build_model(config).to(place)
     ckpt.read_weights(folder, model)
     if isinstance(model, RoutedDecoder) and config.routing is not None:
         # sampled routes (evaluation, analysis) at the temperature training had reached

@@ -4,7 +4,7 @@ Each head reads the residual stream at every position through W_Q, W_K and W_V, 
 query against every earlier key (the causal mask hides later ones), turns the scores into a
 probability pattern with a softmax, and writes the pattern-weighted values back through W_O.
 
-Two paths compute the same function, chosen by `ModelConfig.attention`:
+Two paths compute the same function, chosen by `ModelConfig.kernels`:
 - "readable": one einsum per projection, then explicit scores, mask, float32 softmax and
   weighted sum, to read and to probe;
 - "fast": Q, K and V from one matrix multiply (the heads' weights laid side by side), then
@@ -33,7 +33,7 @@ from transformer.model.rotary import Rotary
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        n_heads, d_model, d_head = cfg.n_heads, cfg.d_model, cfg.head_dim
+        n_heads, d_model, d_head = cfg.n_heads, cfg.d_model, cfg.d_head
         self.W_Q = nn.Parameter(torch.randn(n_heads, d_model, d_head) * cfg.init_std)
         self.W_K = nn.Parameter(torch.randn(n_heads, d_model, d_head) * cfg.init_std)
         self.W_V = nn.Parameter(torch.randn(n_heads, d_model, d_head) * cfg.init_std)
@@ -44,7 +44,7 @@ class Attention(nn.Module):
         self.b_O = nn.Parameter(torch.zeros(d_model)) if cfg.bias else None
         self.rotary = Rotary(cfg.rotary_dim, cfg.n_ctx, cfg.rope_base) if cfg.positional == "rotary" else None
         self.alibi = ALiBi(n_heads) if cfg.positional == "alibi" else None
-        self.fast = cfg.attention == "fast"
+        self.fast = cfg.kernels == "fast"
         self.scale = 1.0 / math.sqrt(d_head)
 
     def forward(

@@ -13,7 +13,10 @@ from transformer.errors import UserError
 POSITIONAL_CHOICES = ("learned", "sinusoidal", "rotary", "alibi", "none")
 NORM_CHOICES = ("layernorm", "rmsnorm")
 MLP_CHOICES = ("gelu", "swiglu")
-ATTENTION_CHOICES = ("readable", "fast")
+KERNEL_CHOICES = ("readable", "fast")
+
+# Keys a config (YAML, --set, a checkpoint) may still hold from before a rename, and their names now.
+RENAMED = {"attention": "kernels", "rotate_dim": "rotary_dim"}
 
 
 class ConfigError(UserError, ValueError):
@@ -22,30 +25,37 @@ class ConfigError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    d_vocab: int = 256
+    """Sizes left as None are derived in `__post_init__`, so every reader sees the int a
+    decoder is built with (and `to_dict` records it), never a None to resolve again.
+
+    Derived sizes are fixed at construction: `dataclasses.replace(cfg, d_model=...)` keeps the
+    old d_head and d_mlp; build a new config from the given values to derive them afresh.
+    """
+
+    d_vocab: int | None = None  # None: not known yet (RunConfig.with_vocab fills in the tokenizer's size)
     d_model: int = 128
     n_heads: int = 4
     n_layers: int = 4
     n_ctx: int = 256
-    d_head: int | None = None  # None: d_model // n_heads
-    d_mlp: int | None = None  # None: 4 * d_model
+    d_head: int = None  # type: ignore[assignment]  # None: d_model // n_heads
+    d_mlp: int = None  # type: ignore[assignment]  # None: 4 * d_model
     positional: str = "learned"
-    rotate_dim: int | None = None  # rotary only; None: all of d_head
+    rotary_dim: int = None  # type: ignore[assignment]  # None: all of d_head with rotary, else 0
     rope_base: float = 10_000.0
     norm: str = "layernorm"
     norm_eps: float = 1e-5
     mlp: str = "gelu"
     attn_only: bool = False
-    attention: str = "fast"  # "readable" or "fast": the fast path uses PyTorch's fused kernels
+    kernels: str = "fast"  # "readable" or "fast" (PyTorch's fused attention, norm and GELU: same functions)
     bias: bool = True
     tie_embeddings: bool = False
     dropout: float = 0.0
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("d_vocab", "d_model", "n_heads", "n_layers", "n_ctx"):
+        for name in ("d_model", "n_heads", "n_layers", "n_ctx"):
             _require_positive(name, getattr(self, name))
-        for name in ("d_head", "d_mlp", "rotate_dim"):
+        for name in ("d_vocab", "d_head", "d_mlp"):
             value = getattr(self, name)
             if value is not None:
                 _require_positive(name, value)
@@ -58,18 +68,12 @@ class ModelConfig:
         _require_choice("positional", self.positional, POSITIONAL_CHOICES)
         _require_choice("norm", self.norm, NORM_CHOICES)
         _require_choice("mlp", self.mlp, MLP_CHOICES)
-        _require_choice("attention", self.attention, ATTENTION_CHOICES)
-        if self.rotate_dim is not None:
-            if self.positional != "rotary":
-                raise ConfigError(
-                    f"rotate_dim={self.rotate_dim} only applies to positional='rotary' "
-                    f"(got positional={self.positional!r}): remove rotate_dim or use rotary"
-                )
-            if self.rotate_dim % 2 or self.rotate_dim > self.head_dim:
-                raise ConfigError(
-                    f"rotate_dim={self.rotate_dim} must be even and at most d_head={self.head_dim}: "
-                    f"rotary turns pairs of dimensions, e.g. rotate_dim={self.head_dim}"
-                )
+        _require_choice("kernels", self.kernels, KERNEL_CHOICES)
+        if self.d_head is None:
+            object.__setattr__(self, "d_head", self.d_model // self.n_heads)
+        if self.d_mlp is None:
+            object.__setattr__(self, "d_mlp", 4 * self.d_model)
+        self._resolve_rotary_dim()
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1): e.g. 0.0 or 0.1")
         if not self.norm_eps >= 0.0:
@@ -77,22 +81,25 @@ class ModelConfig:
         if not self.init_std > 0.0:
             raise ConfigError(f"init_std={self.init_std} must be > 0: GPT-2 uses 0.02")
 
-    @property
-    def fast_kernels(self) -> bool:
-        """The fast path: PyTorch's fused kernels for attention, norms and GELU (same functions)."""
-        return self.attention == "fast"
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_head if self.d_head is not None else self.d_model // self.n_heads
-
-    @property
-    def mlp_dim(self) -> int:
-        return self.d_mlp if self.d_mlp is not None else 4 * self.d_model
-
-    @property
-    def rotary_dim(self) -> int:
-        return self.rotate_dim if self.rotate_dim is not None else self.head_dim
+    def _resolve_rotary_dim(self) -> None:
+        """Without rotary positions no dimension turns, so the derived value is 0, and 0 is the
+        one value such a config may give (a saved config round-trips)."""
+        if self.positional != "rotary":
+            if self.rotary_dim not in (None, 0):
+                raise ConfigError(
+                    f"rotary_dim={self.rotary_dim} only applies to positional='rotary' "
+                    f"(got positional={self.positional!r}): remove rotary_dim or use rotary"
+                )
+            object.__setattr__(self, "rotary_dim", 0)
+        elif self.rotary_dim is None:
+            object.__setattr__(self, "rotary_dim", self.d_head)
+        else:
+            _require_positive("rotary_dim", self.rotary_dim)
+            if self.rotary_dim % 2 or self.rotary_dim > self.d_head:
+                raise ConfigError(
+                    f"rotary_dim={self.rotary_dim} must be even and at most d_head={self.d_head}: "
+                    f"rotary turns pairs of dimensions, e.g. rotary_dim={self.d_head}"
+                )
 
     @property
     def residual_out_std(self) -> float:
@@ -105,6 +112,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        for old, new in RENAMED.items():
+            if old in values:
+                value = "null" if values[old] is None else values[old]
+                raise ConfigError(f"model.{old} was renamed model.{new}: write {new}: {value}")
         return cls(**checked_fields(cls, values, "ModelConfig field"))
 
 

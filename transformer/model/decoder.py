@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from transformer.model.config import ModelConfig
+from transformer.model.config import ConfigError, ModelConfig
 from transformer.model.embed import Embed, Unembed
 from transformer.model.kv_cache import KVCache
 from transformer.model.layer import TransformerLayer
@@ -33,10 +33,14 @@ class DecoderEnds(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        if cfg.d_vocab is None:
+            raise ConfigError(
+                "model.d_vocab is not set: give it, or fill in the tokenizer's size with RunConfig.with_vocab"
+            )
         self.cfg = cfg
         self.embed = Embed(cfg.d_vocab, cfg.d_model, cfg.init_std)
         self.pos_embed = make_positions(cfg)
-        self.ln_final = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.fast_kernels)
+        self.ln_final = make_norm(cfg)
         self.unembed = Unembed(
             cfg.d_model, cfg.d_vocab, cfg.init_std, tied_to=self.embed if cfg.tie_embeddings else None
         )

@@ -21,9 +21,9 @@ from transformer.model.norm import make_norm
 class TransformerLayer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.ln1 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.fast_kernels)
+        self.ln1 = make_norm(cfg)
         self.attn = Attention(cfg)
-        self.ln2 = None if cfg.attn_only else make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.fast_kernels)
+        self.ln2 = None if cfg.attn_only else make_norm(cfg)
         self.mlp = None if cfg.attn_only else MLP(cfg)
         self.dropout = cfg.dropout
 

@@ -3,7 +3,7 @@
 Attention moves information between positions but, per head, only mixes vectors linearly;
 the MLP reads the residual stream at each position, applies a non-linearity, and writes back.
 GELU uses the exact erf form; SwiGLU gates one projection with the SiLU of another. With
-`ModelConfig.attention == "fast"` the GELU is PyTorch's fused `F.gelu` (the same exact erf
+`ModelConfig.kernels == "fast"` the GELU is PyTorch's fused `F.gelu` (the same exact erf
 form in one pass over the activation instead of five); tests/model/test_mlp.py proves they agree.
 """
 
@@ -29,9 +29,9 @@ def silu(x: Tensor) -> Tensor:
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        d_model, d_mlp = cfg.d_model, cfg.mlp_dim
+        d_model, d_mlp = cfg.d_model, cfg.d_mlp
         self.gated = cfg.mlp == "swiglu"
-        self.fast = cfg.fast_kernels
+        self.fast = cfg.kernels == "fast"
         self.activation = F.gelu if self.fast else gelu
         self.W_in = nn.Parameter(torch.randn(d_model, d_mlp) * cfg.init_std)
         self.b_in = nn.Parameter(torch.zeros(d_mlp)) if cfg.bias else None

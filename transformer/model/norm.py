@@ -5,7 +5,7 @@ learned gain `w` and bias `b`. RMSNorm skips the centring and the bias: it only 
 the root-mean-square. Both keep a block's input on a fixed scale however large the residual
 stream grows with depth. Epsilon goes *inside* the square root, added to the variance.
 
-With `fast=True` (the fast path, `ModelConfig.attention == "fast"`) the same function runs as
+With `fast=True` (`ModelConfig.kernels == "fast"`) the same function runs as
 PyTorch's fused kernel, one pass instead of five; tests/model/test_norm.py proves they agree.
 """
 
@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
+
+from transformer.model.config import ModelConfig
 
 
 class LayerNorm(nn.Module):
@@ -45,5 +47,7 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(mean_square + self.eps) * self.w
 
 
-def make_norm(kind: str, d_model: int, eps: float, fast: bool = False) -> LayerNorm | RMSNorm:
-    return LayerNorm(d_model, eps, fast) if kind == "layernorm" else RMSNorm(d_model, eps, fast)
+def make_norm(cfg: ModelConfig) -> LayerNorm | RMSNorm:
+    """The norm every block and the router use, so one config field changes all of them."""
+    norm = LayerNorm if cfg.norm == "layernorm" else RMSNorm
+    return norm(cfg.d_model, cfg.norm_eps, fast=cfg.kernels == "fast")

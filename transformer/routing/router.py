@@ -31,7 +31,7 @@ class Router(nn.Module):
         super().__init__()
         routing.check_fits(cfg)
         self.prefix_len = routing.route_prefix_len
-        self.ln = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.fast_kernels)
+        self.ln = make_norm(cfg)
         self.W_step = nn.Parameter(torch.randn(cfg.n_layers, cfg.d_model) * cfg.init_std)
         self.W_R = nn.Parameter(torch.zeros(cfg.d_model, routing.pool_size))
         self.b_R = nn.Parameter(torch.zeros(routing.pool_size))

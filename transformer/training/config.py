@@ -88,25 +88,29 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """`model.d_vocab` may be left out: it is then the tokenizer's vocabulary size."""
+    """`model.d_vocab` may be left out (None): `with_vocab` then fills in the tokenizer's size,
+    which is known only once the tokenizer is trained or loaded."""
 
-    model: dict[str, Any]
+    model: ModelConfig
     routing: RoutingConfig | None
     train: TrainSettings = field(default_factory=TrainSettings)
 
-    def model_config(self, d_vocab: int) -> ModelConfig:
-        values = dict(self.model)
-        given = values.setdefault("d_vocab", d_vocab)
-        if given < d_vocab:
+    def with_vocab(self, tokenizer_size: int) -> "RunConfig":
+        """This config with d_vocab set; a given d_vocab may pad above the tokenizer's size
+        (e.g. to a multiple of 64 for faster kernels) but never fall short of it."""
+        given = self.model.d_vocab
+        if given is None:
+            return replace(self, model=replace(self.model, d_vocab=tokenizer_size))
+        if given < tokenizer_size:
             raise ConfigError(
-                f"model.d_vocab={given} is smaller than the tokenizer's vocabulary ({d_vocab}): "
+                f"model.d_vocab={given} is smaller than the tokenizer's vocabulary ({tokenizer_size}): "
                 "leave d_vocab out to use the tokenizer's size"
             )
-        return ModelConfig.from_dict(values)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": dict(self.model),
+            "model": self.model.to_dict(),
             "routing": self.routing.to_dict() if self.routing else None,
             "train": asdict(self.train),
         }
@@ -116,42 +120,45 @@ class RunConfig:
         unknown = sorted(set(values) - set(SECTIONS))
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}: valid sections are {list(SECTIONS)}")
-        model = dict(values.get("model") or {})
-        ModelConfig.from_dict({"d_vocab": 1, **model})  # validate now, d_vocab aside
         routing = values.get("routing")
-        train = values.get("train") or {}
         return cls(
-            model=model,
+            model=ModelConfig.from_dict(values.get("model") or {}),
             routing=RoutingConfig.from_dict(routing) if routing is not None else None,
-            train=_settings_from_dict(train),
+            train=_settings_from_dict(values.get("train") or {}),
         )
 
-    def with_overrides(self, assignments: list[str]) -> "RunConfig":
-        values = self.to_dict()
-        for assignment in assignments:
-            key, sep, raw = assignment.partition("=")
-            section, dot, name = key.strip().partition(".")
-            if not sep or section not in SECTIONS or (not dot and section != "routing"):
-                raise ConfigError(
-                    f"--set {assignment!r}: expected SECTION.KEY=VALUE with SECTION in {list(SECTIONS)} "
-                    "(or routing=null for a plain decoder)"
-                )
-            value = yaml.safe_load(raw)
-            if not dot:  # routing=null
-                values["routing"] = value
-                continue
-            if values[section] is None:
-                values[section] = {}
-            values[section][name] = value
-        return RunConfig.from_dict(values)
 
-
-def build_model(config: RunConfig, d_vocab: int) -> DecoderEnds:
-    """The decoder a run config describes, with fresh weights."""
-    model_config = config.model_config(d_vocab)
+def build_model(config: RunConfig) -> DecoderEnds:
+    """The decoder a run config describes, with fresh weights; its d_vocab must be filled in
+    (`RunConfig.with_vocab`)."""
     if config.routing is None:
-        return Decoder(model_config)
-    return RoutedDecoder(model_config, config.routing)
+        return Decoder(config.model)
+    return RoutedDecoder(config.model, config.routing)
+
+
+def with_overrides(values: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """`values` (a config's sections, as read from YAML) with each `SECTION.KEY=VALUE` applied.
+
+    Overrides apply to what was written, before any size is derived: `--set model.d_model=256`
+    on a config that leaves d_head out gives d_head = 256 // n_heads, not the old d_head.
+    """
+    values = {section: dict(body) if isinstance(body, dict) else body for section, body in values.items()}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or section not in SECTIONS or (not dot and section != "routing"):
+            raise ConfigError(
+                f"--set {assignment!r}: expected SECTION.KEY=VALUE with SECTION in {list(SECTIONS)} "
+                "(or routing=null for a plain decoder)"
+            )
+        value = yaml.safe_load(raw)
+        if not dot:  # routing=null
+            values["routing"] = value
+            continue
+        if values.get(section) is None:
+            values[section] = {}
+        values[section][name] = value
+    return values
 
 
 def _settings_from_dict(values: dict[str, Any]) -> TrainSettings:
@@ -170,4 +177,4 @@ def load_run_config(path: Path | None, overrides: list[str] | None = None) -> Ru
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping with sections {list(SECTIONS)}")
-    return RunConfig.from_dict(values).with_overrides(overrides or [])
+    return RunConfig.from_dict(with_overrides(values, overrides or []))

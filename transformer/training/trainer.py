@@ -75,15 +75,16 @@ class _Run:
         self.settings = settings = config.train
         self.run_dir = Path(settings.out_dir)
         state = self._resume_state(resume)
-        if state is not None:
-            _check_same_model(RunConfig.from_dict(state["config"]), config)
-        else:
+        if state is None:
             self._check_fresh_run_dir()
-        self.config = config
         self.tokenizer = self._tokenizer(state)
+        self.config = config.with_vocab(self.tokenizer.vocab_size)  # what checkpoints record
+        if state is not None:
+            saved = RunConfig.from_dict(state["config"]).with_vocab(self.tokenizer.vocab_size)
+            _check_same_model(saved, self.config)
         self.data = self._data()
         rng.seed_everything(settings.seed)  # identical initial weights on every rank
-        self.model = build_model(config, self.tokenizer.vocab_size).to(process.device)
+        self.model = build_model(self.config).to(process.device)
         self.optimizer = make_optimizer(self.model, settings)
         self.data_generator = torch.Generator().manual_seed(stream_seed(settings.seed, process.rank, DATA_STREAM))
         if isinstance(self.model, RoutedDecoder):

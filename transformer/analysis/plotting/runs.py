@@ -93,18 +93,19 @@ def load_history(run_dir: Path, label: str) -> RunHistory:
         raise PlotError(f"{path} has no train or eval records yet: nothing to plot")
     try:
         state = ckpt.read_state(ckpt.resolve(run_dir, "latest"))
-        history.config = RunConfig.from_dict(state["config"])
-        history.size = model_size(history.config, TextTokenizer.from_json(state["tokenizer"]).vocab_size)
+        tokenizer = TextTokenizer.from_json(state["tokenizer"])
+        history.config = RunConfig.from_dict(state["config"]).with_vocab(tokenizer.vocab_size)
+        history.size = model_size(history.config)
     except (ckpt.CheckpointError, KeyError, ValueError) as error:
         history.notes.append(f"no model size, so no FLOPs axis: {error}")
     return history
 
 
-def model_size(config: RunConfig, d_vocab: int) -> ModelSize:
-    """Counts the parameters of the model the config builds, on the meta device: shapes
-    without storage, so a billion-parameter config costs no memory to count."""
+def model_size(config: RunConfig) -> ModelSize:
+    """Counts the parameters of the model the config (d_vocab filled in) builds, on the meta
+    device: shapes without storage, so a billion-parameter config costs no memory to count."""
     with torch.device("meta"):
-        model = build_model(config, d_vocab)
+        model = build_model(config)
     cfg = model.cfg
     active = active_parameters(model)
     return ModelSize(
