@@ -52,7 +52,7 @@ from transformer.model.config import ModelConfig
 from transformer.model.decoder import Decoder
 from transformer.routing import decoder as routed_module
 from transformer.routing.config import RoutingConfig
-from transformer.routing.decoder import RoutedDecoder
+from transformer.routing.decoder import RoutedDecoder, as_routed
 from transformer.training import objective as objective_module
 from transformer.training.objective import compute_objective
 
@@ -294,7 +294,6 @@ def profile_routed(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     tokens = make_tokens(args.batch, device)
     plain, routed = build_trainee("plain-4", args), build_trainee("routed", args)
-    assert isinstance(routed.model, RoutedDecoder)
     for trainee in (plain, routed):
         for _ in range(max(args.warmup, 2)):
             trainee.step(tokens, args)
@@ -302,7 +301,7 @@ def profile_routed(args: argparse.Namespace) -> None:
     group_sizes: list[int] = []
     for _ in range(args.repeats):
         phase_split(plain, tokens, args, watches["plain-4"])
-        with instrumented(routed.model, watches["routed"], group_sizes):
+        with instrumented(as_routed(routed.model), watches["routed"], group_sizes):
             phase_split(routed, tokens, args, watches["routed"])
     per_step = {
         name: {piece: ms / args.repeats for piece, ms in watch.total_ms.items()} for name, watch in watches.items()

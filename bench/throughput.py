@@ -44,7 +44,7 @@ from machine import cpu_name, proc_status_kib, reset_peak_rss, sync
 from torch import Tensor, nn
 
 from transformer.model.config import ModelConfig
-from transformer.model.decoder import Decoder
+from transformer.model.decoder import Decoder, DecoderOutput
 
 PATHS = ("readable", "fast", "baseline")
 # nanoGPT's shakespeare_char CPU recipe (its README's "I only have a macbook"), dropout 0.
@@ -78,7 +78,8 @@ def make_batch(device: torch.device) -> tuple[Tensor, Tensor]:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, tokens: Tensor, targets: Tensor) -> Tensor:
-    logits = model(tokens)
+    output = model(tokens)
+    logits = output.logits if isinstance(output, DecoderOutput) else output  # the baseline returns bare logits
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
     loss.backward()
     optimizer.step()

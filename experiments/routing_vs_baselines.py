@@ -33,11 +33,10 @@ from transformer.analysis.routes import mutual_information
 from transformer.data.corpus import builtin_documents
 from transformer.data.tokenizer import train_tokenizer
 from transformer.inference.loading import load_trained
-from transformer.routing.decoder import RoutedDecoder
 from transformer.routing.losses import entropy
 from transformer.training.config import RunConfig, build_model, load_run_config
 from transformer.training.lm_loss import lm_loss
-from transformer.training.run_log import active_parameters, flops_per_token
+from transformer.training.run_log import flops_per_token
 from transformer.training.trainer import train
 
 VARIANTS = ("learned", "random", "fixed", "plain-K", "plain-N")
@@ -87,7 +86,7 @@ def plan_runs(args: argparse.Namespace) -> list[Plan]:
             config = load_run_config(None, overrides)
             model = build_model(config.with_vocab(vocab))
             per_token = flops_per_token(
-                active_parameters(model), model.cfg.n_layers, model.cfg.d_model, model.cfg.n_ctx
+                model.active_parameters(), model.cfg.n_layers, model.cfg.d_model, model.cfg.n_ctx
             )
             tokens_per_step = config.train.batch_size * model.cfg.n_ctx
             steps = max(1, round(args.budget_tokens * _reference_flops(vocab) / per_token / tokens_per_step))
@@ -100,7 +99,7 @@ def plan_runs(args: argparse.Namespace) -> list[Plan]:
 def _reference_flops(vocab: int) -> float:
     """FLOPs per token of the routed model: the budget is `budget_tokens` of *its* training."""
     model = build_model(load_run_config(None, variant_overrides("learned")).with_vocab(vocab))
-    return flops_per_token(active_parameters(model), model.cfg.n_layers, model.cfg.d_model, model.cfg.n_ctx)
+    return flops_per_token(model.active_parameters(), model.cfg.n_layers, model.cfg.d_model, model.cfg.n_ctx)
 
 
 def run_one(plan: Plan) -> str:
@@ -120,8 +119,9 @@ def score(plan: Plan, windows: torch.Tensor, labels: torch.Tensor) -> dict[str, 
         "steps": plan.config.train.max_steps,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    if isinstance(model, RoutedDecoder):
-        logits, info = model(inputs)
+    output = model(inputs)
+    if output.routing is not None:
+        info = output.routing
         paths = info.layer_choices
         path_list = [tuple(row) for row in paths.tolist()]
         usage = info.counts / info.counts.sum(-1, keepdim=True)
@@ -136,9 +136,7 @@ def score(plan: Plan, windows: torch.Tensor, labels: torch.Tensor) -> dict[str, 
         )
         if plan.variant == "learned":  # the baselines' router is never consulted
             result["decision_entropy"] = float(entropy(info.probabilities).mean())
-    else:
-        logits = model(inputs)
-    result["val_loss"] = float(lm_loss(logits, targets, first_target=PREFIX))
+    result["val_loss"] = float(lm_loss(output.logits, targets, first_target=PREFIX))
     return result
 
 

@@ -98,7 +98,7 @@ def test_parameters_of_modules_that_never_ran_are_reported_apart() -> None:
             self.unused = nn.Linear(3, 2)
 
         def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            out: torch.Tensor = self.inner(tokens)
+            out: torch.Tensor = self.inner(tokens).logits
             return out
 
     model = WithSpare()

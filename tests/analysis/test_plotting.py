@@ -15,7 +15,7 @@ from transformer.analysis.plotting import figures
 from transformer.analysis.plotting.runs import last_per_step, load_history, route_counts
 from transformer.commands.main import main
 from transformer.inference.loading import load_trained
-from transformer.training.run_log import active_parameters, flops_per_token, read_log
+from transformer.training.run_log import flops_per_token, read_log
 from transformer.training.trainer import train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -75,7 +75,7 @@ def test_compute_axis_counts_the_flops_the_trainer_counts(runs: dict[str, Path])
     for history in histories:
         model = load_trained(history.run_dir).model
         cfg = model.cfg
-        expected = flops_per_token(active_parameters(model), cfg.n_layers, cfg.d_model, cfg.n_ctx)
+        expected = flops_per_token(model.active_parameters(), cfg.n_layers, cfg.d_model, cfg.n_ctx)
         assert history.size is not None
         assert history.size.flops_per_token == expected
         assert history.size.parameters == sum(p.numel() for p in model.parameters())

@@ -141,7 +141,7 @@ def test_scored_loss_at_the_models_own_first_target_is_what_evaluate_measures() 
     assert sampled != pytest.approx(evaluation.val_loss, abs=1e-4)  # sampled routes really differ
     later = scored_loss(routed, batches, first_target=8)
     routed.eval()  # argmax routes, as scored_loss uses
-    logits = [routed(tokens[:, :-1])[0] for tokens in batches]
+    logits = [routed(tokens[:, :-1]).logits for tokens in batches]
     by_hand = np.mean(
         [
             torch.nn.functional.cross_entropy(lg[:, 7:].flatten(0, 1), t[:, 8:].flatten()).item()
@@ -160,6 +160,6 @@ def test_argmax_choices_are_the_routes_the_model_takes() -> None:
     routed.eval()
     windows = torch.randint(0, 23, (10, 12), generator=torch.Generator().manual_seed(0))
     choices = argmax_choices(routed, windows, batch_size=4)  # three batches
-    assert torch.equal(choices, routed(windows)[1].layer_choices)
+    assert torch.equal(choices, routed(windows).routing.layer_choices)
     assert len(set(as_paths(choices))) > 1  # not one path for all: the check means something
     assert as_paths(torch.tensor([[0, 2, 1]])) == [(0, 2, 1)]

@@ -95,7 +95,7 @@ def test_plain_run_scores_every_target_unless_told_to_start_where_a_routed_run_d
     windows = validation_windows(runs["plain"])
     model = load_trained(runs["plain"]).model
     with torch.no_grad():
-        logits = model(windows[:, :-1])
+        logits = model(windows[:, :-1]).logits
     every, from_prefix = (float(lm_loss(logits, windows[:, 1:], first)) for first in (0, PREFIX))
 
     code, out, err = run_cli(["eval", "--run", str(runs["plain"]), "--json"], capsys)

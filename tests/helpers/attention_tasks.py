@@ -34,7 +34,7 @@ def repeated_halves(generator: torch.Generator, batch: int, half: int, d_vocab: 
 
 def next_token_losses(model: nn.Module, tokens: Tensor) -> Tensor:
     """[batch, pos - 1]: cross-entropy of predicting tokens[:, t + 1] at position t."""
-    logits = model(tokens)[:, :-1]
+    logits = model(tokens).logits[:, :-1]
     return F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
 
 

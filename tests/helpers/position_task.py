@@ -77,7 +77,7 @@ def train_previous_token(positional: str, seed: int = 0) -> PreviousTokenScore:
     data = torch.Generator().manual_seed(seed + 1)
     for _ in range(STEPS):
         tokens = torch.randint(D_VOCAB, (BATCH, N_CTX), generator=data)
-        logits = model(tokens)[:, 1:]  # position p predicts tokens[p - 1]; p = 0 has no target
+        logits = model(tokens).logits[:, 1:]  # position p predicts tokens[p - 1]; p = 0 has no target
         loss = F.cross_entropy(logits.reshape(-1, D_VOCAB), tokens[:, :-1].reshape(-1))
         optimizer.zero_grad()
         loss.backward()
@@ -85,7 +85,7 @@ def train_previous_token(positional: str, seed: int = 0) -> PreviousTokenScore:
 
     tokens = torch.randint(D_VOCAB, (1024, N_CTX), generator=torch.Generator().manual_seed(seed + 2))
     with torch.no_grad():
-        predicted = model(tokens).argmax(dim=-1)
+        predicted = model(tokens).logits.argmax(dim=-1)
     correct = predicted[:, FIRST_SCORED:] == tokens[:, FIRST_SCORED - 1 : -1]
     return PreviousTokenScore(
         accuracy=float(correct.float().mean()),

@@ -7,7 +7,7 @@ import torch
 
 from transformer.data.corpus import builtin_documents
 from transformer.model.decoder import DecoderEnds
-from transformer.routing.decoder import RoutedDecoder
+from transformer.routing.decoder import as_routed
 from transformer.training.config import RunConfig, build_model, load_run_config
 
 
@@ -57,9 +57,9 @@ def prime_routers(patch: pytest.MonkeyPatch, scale: float = 5.0) -> None:
 
     def primed(config: RunConfig) -> DecoderEnds:
         model = build_model(config)
-        if isinstance(model, RoutedDecoder):
+        if model.kind == "routed":
             with torch.no_grad():
-                model.router.W_R.normal_(0.0, scale, generator=torch.Generator().manual_seed(0))
+                as_routed(model).router.W_R.normal_(0.0, scale, generator=torch.Generator().manual_seed(0))
         return model
 
     patch.setattr(trainer_module, "build_model", primed)

@@ -195,7 +195,7 @@ def k_back_model(positional: str, with_attention: bool) -> Decoder:
 
 
 def k_back_loss(model: Decoder, tokens: Tensor) -> Tensor:
-    logits = model(tokens)[:, K_BACK:]
+    logits = model(tokens).logits[:, K_BACK:]
     return F.cross_entropy(logits.flatten(0, 1), tokens[:, :-K_BACK].flatten())
 
 
@@ -205,7 +205,7 @@ def train_k_back(model: Decoder) -> tuple[float, float]:
     train(model, lambda _: k_back_loss(model, uniform_tokens(generator, 64, SEQ, VOCAB)), steps=150, lr=1e-2)
     held_out = uniform_tokens(torch.Generator().manual_seed(99), 512, SEQ, VOCAB)
     with torch.no_grad():
-        accuracy = (model(held_out)[:, K_BACK:].argmax(-1) == held_out[:, :-K_BACK]).float().mean()
+        accuracy = (model(held_out).logits[:, K_BACK:].argmax(-1) == held_out[:, :-K_BACK]).float().mean()
         return float(accuracy), float(k_back_loss(model, held_out))
 
 

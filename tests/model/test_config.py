@@ -108,7 +108,7 @@ def test_explicit_d_head_builds_a_working_decoder() -> None:
     """d_head need not be d_model / n_heads: heads project down to d_head and W_O back up."""
     model = Decoder(ModelConfig(d_vocab=11, d_model=10, n_heads=3, d_head=4, n_layers=1, n_ctx=8))
     assert cast(TransformerLayer, model.layers[0]).attn.W_Q.shape == (3, 10, 4)
-    assert model(torch.zeros(2, 8, dtype=torch.long)).shape == (2, 8, 11)
+    assert model(torch.zeros(2, 8, dtype=torch.long)).logits.shape == (2, 8, 11)
 
 
 def test_a_decoder_needs_d_vocab() -> None:

@@ -46,7 +46,7 @@ def test_equals_gpt2_built_from_torch_modules() -> None:
     with torch.no_grad():  # move every parameter off its init (biases 0, gains 1) so all of them matter
         for name, parameter in model.named_parameters():
             parameter.normal_(1.0 if name.endswith(".w") else 0.0, 0.2)
-        ours, expected = model(tokens()), reference_logits(model, tokens())
+        ours, expected = model(tokens()).logits, reference_logits(model, tokens())
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
 
@@ -56,7 +56,7 @@ def test_initial_loss_is_uniform_guessing() -> None:
     model = decoder(d_vocab=256, d_model=64, n_layers=2, n_ctx=32)
     batch = tokens(batch=8, pos=32, d_vocab=256)
     with torch.no_grad():
-        loss = F.cross_entropy(model(batch)[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
+        loss = F.cross_entropy(model(batch).logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
     message = f"initial loss {float(loss):.4f} vs ln 256 = {math.log(256):.4f}"
     print(message)
     assert abs(float(loss) - math.log(256)) < 0.1, message
@@ -70,7 +70,7 @@ def test_memorises_one_fixed_batch() -> None:
     batch[:, 0] = torch.arange(4)
 
     def loss_of_step(_: int) -> Tensor:
-        return F.cross_entropy(model(batch)[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
+        return F.cross_entropy(model(batch).logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
 
     train(model, loss_of_step, steps=80, lr=1e-2)
     with torch.no_grad():
@@ -108,11 +108,11 @@ def test_gpt2_initialisation() -> None:
 def test_causal_logits_ignore_later_tokens(positional: str) -> None:
     model = decoder(positional=positional)
     original = tokens()
-    before = model(original)
+    before = model(original).logits
     for t in (0, 5, 10):
         changed = original.clone()
         changed[:, t + 1 :] = (changed[:, t + 1 :] + 1) % 37
-        after = model(changed)
+        after = model(changed).logits
         torch.testing.assert_close(after[:, : t + 1], before[:, : t + 1], atol=1e-6, rtol=0)
         assert not torch.allclose(after[:, t + 1 :], before[:, t + 1 :], atol=1e-4)
 
@@ -120,15 +120,15 @@ def test_causal_logits_ignore_later_tokens(positional: str) -> None:
 @pytest.mark.parametrize("positional", POSITIONAL_CHOICES)
 def test_batch_elements_are_independent(positional: str) -> None:
     model, batch = decoder(positional=positional), tokens()
-    together = model(batch)
+    together = model(batch).logits
     for b in range(batch.shape[0]):
-        torch.testing.assert_close(together[b : b + 1], model(batch[b : b + 1]), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(together[b : b + 1], model(batch[b : b + 1]).logits, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("positional", POSITIONAL_CHOICES)
 def test_sequence_longer_than_context_is_refused(positional: str) -> None:
     model = decoder(positional=positional)
-    assert model(tokens(pos=12)).shape == (3, 12, 37)
+    assert model(tokens(pos=12)).logits.shape == (3, 12, 37)
     with pytest.raises(ValueError, match="n_ctx=12"):
         model(tokens(pos=13))
 
@@ -148,7 +148,7 @@ def test_tied_embeddings_share_one_tensor() -> None:
         untied.unembed.W_U.copy_(tied.embed.W_E.T)
     batch = tokens()
     for model in (tied, untied):
-        F.cross_entropy(model(batch)[:, :-1].flatten(0, 1), batch[:, 1:].flatten()).backward()
+        F.cross_entropy(model(batch).logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten()).backward()
     assert tied.embed.W_E.grad is not None and untied.embed.W_E.grad is not None
     assert untied.unembed.W_U.grad is not None
     torch.testing.assert_close(tied.embed.W_E.grad, untied.embed.W_E.grad + untied.unembed.W_U.grad.T)

@@ -53,7 +53,7 @@ def routed_model(kernels: str = "fast", n_ctx: int = 64, prefix: int = 4) -> Rou
 
 
 def full_logits(model: Decoder | RoutedDecoder, tokens: Tensor) -> Tensor:
-    logits: Tensor = model(tokens)[0] if isinstance(model, RoutedDecoder) else model(tokens)
+    logits: Tensor = model(tokens).logits
     return logits
 
 
@@ -78,8 +78,10 @@ def test_feeding_tokens_in_chunks_through_the_cache_equals_one_forward(positiona
     tokens = torch.randint(0, D_VOCAB, (3, 20), generator=torch.Generator().manual_seed(2))
     cache = KVCache(model.cfg.n_layers)
     with torch.no_grad():
-        whole = model(tokens)
-        pieces = [model(tokens[:, start:stop], cache=cache) for start, stop in [(0, 5), (5, 6), (6, 13), (13, 20)]]
+        whole = model(tokens).logits
+        pieces = [
+            model(tokens[:, start:stop], cache=cache).logits for start, stop in [(0, 5), (5, 6), (6, 13), (13, 20)]
+        ]
     torch.testing.assert_close(torch.cat(pieces, dim=1), whole, **TOLERANCE)
     cfg = model.cfg
     for layer_cache in cache.layers:
@@ -102,7 +104,7 @@ def test_routed_greedy_generation_with_the_cache_equals_full_forwards(kernels: s
     model = routed_model(kernels)
     prompt = torch.randint(0, D_VOCAB, (6, 6), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        _, info = model(prompt)
+        info = model(prompt).routing
     routes = {tuple(route) for route in info.layer_choices.tolist()}
     assert len(routes) >= 3, f"the test needs sequences on different routes, got {routes}"
     assert_matches_full_forwards(model, prompt, NEW_TOKENS)

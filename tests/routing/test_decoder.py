@@ -22,8 +22,8 @@ def test_routed_in_order_equals_plain_decoder_bitwise(mode: str, training: bool)
     plain.train(training)
     routed.train(training)
     tokens = torch.randint(0, 23, (5, 12))
-    expected = plain(tokens)
-    logits, _ = routed(tokens, route=identity_route(5, 3))
+    expected = plain(tokens).logits
+    logits = routed(tokens, route=identity_route(5, 3)).logits
     assert torch.equal(logits, expected)
     # gradients of the shared weights are bitwise equal too: the gate leaves d out / d y = I
     expected.sum().backward()
@@ -45,8 +45,8 @@ def test_a_forced_permutation_equals_the_plain_decoder_with_layers_reordered() -
     permutation = [2, 0, 1]
     plain.layers = torch.nn.ModuleList(plain.layers[i] for i in permutation)
     tokens = torch.randint(0, 23, (4, 12))
-    logits, _ = routed(tokens, route=torch.tensor(permutation).expand(4, 3))
-    assert torch.equal(logits, plain(tokens))
+    logits = routed(tokens, route=torch.tensor(permutation).expand(4, 3)).logits
+    assert torch.equal(logits, plain(tokens).logits)
 
 
 def test_sequences_on_different_routes_each_get_their_own_path() -> None:
@@ -55,9 +55,9 @@ def test_sequences_on_different_routes_each_get_their_own_path() -> None:
     routed = RoutedDecoder(cfg, RoutingConfig(pool_size=3, route_prefix_len=4)).eval()
     tokens = torch.randint(0, 23, (3, 12))
     route = torch.tensor([[0, 1], [2, 2], [1, 0]])
-    logits, _ = routed(tokens, route=route)
+    logits = routed(tokens, route=route).logits
     for b in range(3):
-        alone, _ = routed(tokens[b : b + 1], route=route[b : b + 1])
+        alone = routed(tokens[b : b + 1], route=route[b : b + 1]).logits
         torch.testing.assert_close(logits[b : b + 1], alone, rtol=0, atol=1e-6)
 
 
@@ -78,12 +78,12 @@ def test_changing_tokens_after_t_leaves_logits_up_to_t_unchanged(training: bool)
     tokens = torch.randint(0, 23, (6, 12))
     for t in (prefix - 1, prefix + 2, 10):
         routed.router.generator.manual_seed(0)
-        before, info_before = routed(tokens)
+        before = routed(tokens)
         routed.router.generator.manual_seed(0)
-        after, info_after = routed(_changed_after(tokens, t))
-        assert torch.equal(info_before.layer_choices, info_after.layer_choices)
-        torch.testing.assert_close(after[:, : t + 1], before[:, : t + 1], rtol=0, atol=1e-6)
-        assert not torch.allclose(after[:, t + 1 :], before[:, t + 1 :])  # the test can fail
+        after = routed(_changed_after(tokens, t))
+        assert torch.equal(before.routing.layer_choices, after.routing.layer_choices)
+        torch.testing.assert_close(after.logits[:, : t + 1], before.logits[:, : t + 1], rtol=0, atol=1e-6)
+        assert not torch.allclose(after.logits[:, t + 1 :], before.logits[:, t + 1 :])  # the test can fail
 
 
 class LeakyRouter(Router):
@@ -102,10 +102,9 @@ def test_a_whole_sequence_router_leaks_the_future_and_the_causality_check_catche
     routed.eval()
     tokens = torch.randint(0, 23, (32, 12))
     t = 5
-    before, info_before = routed(tokens)
-    after, info_after = routed(_changed_after(tokens, t))
-    assert not torch.equal(info_before.layer_choices, info_after.layer_choices)
-    assert not torch.allclose(after[:, : t + 1], before[:, : t + 1], atol=1e-6)
+    before, after = routed(tokens), routed(_changed_after(tokens, t))
+    assert not torch.equal(before.routing.layer_choices, after.routing.layer_choices)
+    assert not torch.allclose(after.logits[:, : t + 1], before.logits[:, : t + 1], atol=1e-6)
 
 
 def _prime_router(routed: RoutedDecoder) -> None:
@@ -120,14 +119,14 @@ def test_routing_info_describes_the_routes() -> None:
     _prime_router(routed)
     tokens = torch.randint(0, 23, (7, 12))
     routed.eval()
-    _, info = routed(tokens)
+    info = routed(tokens).routing
     assert info.layer_choices.shape == (7, 3) and info.layer_choices.dtype == torch.long
     assert info.router_logits.shape == (7, 3, 5) and info.router_logits.dtype == torch.float32
     assert torch.equal(info.layer_choices, info.router_logits.argmax(-1))
     torch.testing.assert_close(info.probabilities.sum(-1), torch.ones(7, 3))
     assert info.counts.sum(-1).tolist() == [7.0, 7.0, 7.0]
     routed.train()
-    _, info = routed(tokens)
+    info = routed(tokens).routing
     assert int(info.layer_choices.min()) >= 0 and int(info.layer_choices.max()) < 5
     weights = routed.routing
     expected = weights.balance_weight * info.balance_loss + weights.z_loss_weight * info.z_loss
@@ -169,9 +168,10 @@ def test_fixed_policy_is_the_in_order_route_and_the_router_gets_no_task_gradient
     routed = routed_copy_of(plain, RoutingConfig(pool_size=3, route_prefix_len=4, route_policy="fixed"))
     _prime_router(routed)
     tokens = torch.randint(0, 23, (4, 12))
-    logits, info = routed(tokens)
+    output = routed(tokens)
+    logits, info = output.logits, output.routing
     assert info.layer_choices.tolist() == [[0, 1, 2]] * 4
-    assert torch.equal(logits, plain(tokens))
+    assert torch.equal(logits, plain(tokens).logits)
     logits.sum().backward()
     assert routed.router.W_R.grad is None  # the gate carries no score: nothing reaches the router
 
@@ -183,14 +183,14 @@ def test_random_policy_draws_uniform_routes_and_evaluation_repeats_its_own() -> 
     tokens = torch.randint(0, 23, (500, 12))
     routed.train()
     state = routed.router.generator.get_state()
-    _, info = routed(tokens)
+    info = routed(tokens).routing
     frequencies = torch.bincount(info.layer_choices.flatten(), minlength=4).float() / info.layer_choices.numel()
     torch.testing.assert_close(frequencies, torch.full((4,), 0.25), rtol=0, atol=0.04)  # 1500 draws: SE 0.011
     assert not torch.equal(routed.router.generator.get_state(), state)
     routed.eval()
     state = routed.router.generator.get_state()
-    _, first = routed(tokens)
-    _, second = routed(tokens)
+    first = routed(tokens).routing
+    second = routed(tokens).routing
     assert torch.equal(first.layer_choices, second.layer_choices)
     assert torch.equal(routed.router.generator.get_state(), state), "evaluation leaves training's stream alone"
     assert len(set(first.layer_choices[:, 0].tolist())) == 4

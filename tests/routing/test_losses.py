@@ -115,7 +115,7 @@ def test_counting_window_accumulates_counts_across_micro_batches() -> None:
     generator = torch.Generator().manual_seed(3)
     micro_batches = [torch.randint(16, (batch, 8), generator=generator) for batch in (5, 7, 4)]
     with model.counting_window():
-        infos = [model(tokens)[1] for tokens in micro_batches]
+        infos = [model(tokens).routing for tokens in micro_batches]
     seen = []
     for info in infos:
         seen.append(info.layer_choices)
@@ -126,10 +126,10 @@ def test_counting_window_accumulates_counts_across_micro_batches() -> None:
     assert float(infos[-1].counts.sum()) == 2 * (5 + 7 + 4)  # two routing steps per sequence
 
     # Outside a window each forward counts alone, and a new window starts from zero.
-    alone = model(micro_batches[0])[1]
+    alone = model(micro_batches[0]).routing
     assert torch.equal(alone.counts, step_bincount(alone.layer_choices, 3))
     with model.counting_window():
-        fresh = model(micro_batches[1])[1]
+        fresh = model(micro_batches[1]).routing
     assert torch.equal(fresh.counts, step_bincount(fresh.layer_choices, 3))
 
 
@@ -164,11 +164,11 @@ def primed_router_usage(balance_weight: float, steps: int = 60) -> tuple[float, 
 
     def usage() -> float:
         with torch.no_grad():
-            return float(model(probe)[1].usage_entropy)
+            return float(model(probe).routing.usage_entropy)
 
     start = usage()
     for _ in range(steps):
-        _, info = model(torch.randint(16, (64, 16), generator=data))
+        info = model(torch.randint(16, (64, 16), generator=data)).routing
         optimizer.zero_grad()
         info.aux_loss.backward()
         optimizer.step()
@@ -211,12 +211,12 @@ def test_z_loss_alone_shrinks_router_logits() -> None:
 
     def logits_rms_and_z() -> tuple[float, float]:
         with torch.no_grad():
-            info = model(tokens)[1]
+            info = model(tokens).routing
         return float(info.router_logits.pow(2).mean().sqrt()), float(info.z_loss)
 
     rms_before, z_before = logits_rms_and_z()
     for _ in range(50):
-        _, info = model(tokens)
+        info = model(tokens).routing
         optimizer.zero_grad()
         info.z_loss.backward()
         optimizer.step()

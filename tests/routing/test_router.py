@@ -172,7 +172,8 @@ def marker_model(chains: MarkerChains, routing: RoutingConfig, routing_steps: in
 
 def task_loss(model: RoutedDecoder, tokens: Tensor, route: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """LM loss over targets past the routing prefix, and the layers each sequence went through."""
-    logits, info = model(tokens[:, :-1], route=route)
+    output = model(tokens[:, :-1], route=route)
+    logits, info = output.logits, output.routing
     return lm_loss(logits, tokens[:, 1:], first_target=PREFIX), info.layer_choices
 
 
@@ -187,7 +188,8 @@ def train(
     for step in range(train_steps):
         model.router.temperature = temperature_at(model.routing, step, train_steps)
         tokens, _ = chains.sample(BATCH, SEQ_LEN + 1, data)
-        logits, info = model(tokens[:, :-1])
+        output = model(tokens[:, :-1])
+        logits, info = output.logits, output.routing
         loss = lm_loss(logits, tokens[:, 1:], first_target=PREFIX) + info.aux_loss
         optimizer.zero_grad()
         loss.backward()
@@ -318,7 +320,8 @@ def test_router_alone_learns_to_pick_frozen_specialists(
     tokens, task = chains.sample(HELD_OUT, SEQ_LEN + 1, torch.Generator().manual_seed(1234))
     model.eval()
     with torch.no_grad():
-        logits, info = model(tokens[:, :-1])
+        output = model(tokens[:, :-1])
+        logits, info = output.logits, output.routing
         routed_loss = float(lm_loss(logits, tokens[:, 1:], first_target=PREFIX))
         oracle_loss = float(task_loss(model, tokens, route=task[:, None])[0])
         wrong_loss = float(task_loss(model, tokens, route=1 - task[:, None])[0])

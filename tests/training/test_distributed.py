@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from transformer import typecheck
 from transformer.model.config import ModelConfig
-from transformer.model.decoder import Decoder
+from transformer.model.decoder import Decoder, DecoderEnds
 from transformer.routing.config import RoutingConfig
 from transformer.routing.decoder import RoutedDecoder
 from transformer.training.distributed import ROUTING_STREAM, stream_seed
@@ -27,12 +27,13 @@ CFG = ModelConfig(d_vocab=19, d_model=16, n_heads=2, n_layers=2, n_ctx=12)
 ROUTING = RoutingConfig(pool_size=4, route_prefix_len=4, gradient="log_p")
 
 
-def _model(routed: bool) -> torch.nn.Module:
+def _model(routed: bool) -> DecoderEnds:
     torch.manual_seed(0)
-    model = RoutedDecoder(CFG, ROUTING) if routed else Decoder(CFG)
-    if isinstance(model, RoutedDecoder):
-        with torch.no_grad():  # a router that already prefers some layers: uneven counts
-            model.router.W_R.normal_(0.0, 2.0)
+    if not routed:
+        return Decoder(CFG)
+    model = RoutedDecoder(CFG, ROUTING)
+    with torch.no_grad():  # a router that already prefers some layers: uneven counts
+        model.router.W_R.normal_(0.0, 2.0)
     return model
 
 
@@ -45,8 +46,7 @@ def _worker(rank: int, store: str, out_dir: str, routed: bool) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     model = _model(routed)
-    if isinstance(model, RoutedDecoder):
-        model.router.seed_generator(stream_seed(ROUTING.seed, rank, ROUTING_STREAM))
+    model.seed_route_rng(lambda seed: stream_seed(seed, rank, ROUTING_STREAM))  # as the trainer does
     ddp = DistributedDataParallel(model)  # no find_unused_parameters: every layer always runs
     local = _batch().chunk(WORLD)[rank]
     objective = compute_objective(ddp, local)
@@ -85,7 +85,7 @@ def test_two_ranks_match_one_process_on_the_global_batch(
         replay = _model(True)
         assert isinstance(replay, RoutedDecoder)
         replay.router.seed_generator(stream_seed(ROUTING.seed, 1, ROUTING_STREAM))
-        _, info = replay(_batch().chunk(WORLD)[1][:, :-1])
+        info = replay(_batch().chunk(WORLD)[1][:, :-1]).routing
         assert info.layer_choices.tolist() == results[1]["choices"]
     model.train()
     compute_objective(model, _batch(), route=route).loss.backward()

@@ -19,7 +19,7 @@ def test_plain_objective_is_the_loss_over_every_target() -> None:
     model = Decoder(tiny_config())
     tokens = torch.randint(0, 23, (3, 12))
     objective = compute_objective(model, tokens)
-    expected = torch.nn.functional.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+    expected = torch.nn.functional.cross_entropy(model(tokens[:, :-1]).logits.flatten(0, 1), tokens[:, 1:].flatten())
     torch.testing.assert_close(objective.loss, expected)
     assert objective.routing is None and objective.lm_loss is objective.loss
     with pytest.raises(ValueError, match="only be given to a routed decoder"):
@@ -31,7 +31,8 @@ def test_routed_objective_adds_the_auxiliary_losses_to_the_loss_from_the_prefix_
     model = RoutedDecoder(tiny_config(), RoutingConfig(pool_size=3, route_prefix_len=5)).eval()
     tokens = torch.randint(0, 23, (4, 12))
     objective = compute_objective(model, tokens)
-    logits, info = model(tokens[:, :-1])
+    output = model(tokens[:, :-1])
+    logits, info = output.logits, output.routing
     assert objective.routing is not None
     torch.testing.assert_close(objective.lm_loss, lm_loss(logits, tokens[:, 1:], first_target=5))
     torch.testing.assert_close(objective.loss, objective.lm_loss + info.aux_loss)

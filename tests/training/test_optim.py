@@ -5,15 +5,14 @@ import math
 import pytest
 
 from tests.helpers.routed_models import tiny_config
-from transformer.model.decoder import Decoder
+from transformer.model.decoder import Decoder, DecoderEnds
 from transformer.routing.config import RoutingConfig
 from transformer.routing.decoder import RoutedDecoder
 from transformer.training.config import TrainSettings
 from transformer.training.optim import learning_rate, make_optimizer
 
 
-def _groups(model: object, settings: TrainSettings) -> tuple[set[str], set[str]]:
-    assert isinstance(model, Decoder | RoutedDecoder)
+def _groups(model: DecoderEnds, settings: TrainSettings) -> tuple[set[str], set[str]]:
     optimizer = make_optimizer(model, settings)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in optimizer.param_groups[0]["params"]}

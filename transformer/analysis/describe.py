@@ -18,6 +18,8 @@ from jaxtyping import Int
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from transformer.model.decoder import DecoderOutput
+
 COLUMNS = ("module", "class", "input", "output", "params")
 
 
@@ -76,6 +78,8 @@ def _has_tensor(value: object) -> bool:
 
 
 def _shape(value: object) -> str:
+    if isinstance(value, DecoderOutput):  # the logits, and the routing report of a routed decoder
+        return _shape(value.logits if value.routing is None else (value.logits, value.routing))
     if isinstance(value, Tensor):
         return str(list(value.shape))
     if isinstance(value, tuple | list):

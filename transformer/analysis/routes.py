@@ -29,7 +29,6 @@ from torch import Tensor
 from transformer.data.tokenizer import TextTokenizer
 from transformer.model.decoder import DecoderEnds
 from transformer.routing.decoder import RoutedDecoder
-from transformer.training.evaluation import sampled_routes
 from transformer.training.lm_loss import lm_loss
 
 RoutePath = tuple[int, ...]  # the pool layer chosen at each routing step
@@ -85,9 +84,7 @@ def scored_loss(
         if route_samples == 0:
             losses = [_batch_loss(model, tokens, first_target) for tokens in batches]
         else:
-            if not isinstance(model, RoutedDecoder):
-                raise ValueError("sampled routes need a routed decoder")
-            with sampled_routes(model, seed):
+            with model.sampled_routes(seed):
                 losses = [_batch_loss(model, t, first_target) for t in batches for _ in range(route_samples)]
     finally:
         model.train(was_training)
@@ -98,9 +95,7 @@ def scored_loss(
 
 
 def _batch_loss(model: DecoderEnds, tokens: Int[Tensor, "batch pos_plus_1"], first_target: int) -> Tensor:
-    output = model(tokens[:, :-1])
-    logits = output[0] if isinstance(model, RoutedDecoder) else output
-    return lm_loss(logits, tokens[:, 1:], first_target).float()
+    return lm_loss(model(tokens[:, :-1]).logits, tokens[:, 1:], first_target).float()
 
 
 # --- paths -----------------------------------------------------------------------------------
@@ -117,7 +112,7 @@ def argmax_choices(
     device = next(model.parameters()).device
     try:
         choices = [
-            model(windows[i : i + batch_size].to(device))[1].layer_choices.cpu()
+            model(windows[i : i + batch_size].to(device)).routing.layer_choices.cpu()
             for i in range(0, len(windows), batch_size)
         ]
     finally:

@@ -78,7 +78,7 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
 
     from transformer.analysis.routes import pick_windows, scored_loss, tiled_windows
     from transformer.inference.loading import load_trained
-    from transformer.routing.decoder import RoutedDecoder
+    from transformer.routing.decoder import as_routed
     from transformer.training.evaluation import evaluate
     from transformer.training.objective import first_scored_target
 
@@ -88,7 +88,7 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
         raise CommandError(f"--route-samples {args.route_samples} must be >= 0")
     run = load_trained(args.run, args.checkpoint, chosen_device(args))
     model, n_ctx = run.model, run.model.cfg.n_ctx
-    routed = isinstance(model, RoutedDecoder)
+    routed = model.kind == "routed"
     own_first = first_scored_target(model)
     first = own_first if args.first_target is None else args.first_target
     _check_first_target(first, own_first, n_ctx, routed)
@@ -123,11 +123,11 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
         "scored_targets_per_window": n_ctx - max(first, 1) + 1,
     }
     record["scored_targets"] = record["windows"] * record["scored_targets_per_window"]
-    if isinstance(model, RoutedDecoder) and run.config.routing is not None:
+    if routed and run.config.routing is not None:
         record.update(
             route_prefix_len=own_first,
             route_samples=samples,
-            route_temperature=model.router.temperature,
+            route_temperature=as_routed(model).router.temperature,
             seed=args.seed,
         )
     rescore = first != own_first  # usage and entropies do not depend on the targets; the losses do

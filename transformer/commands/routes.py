@@ -65,7 +65,7 @@ def routes_command(args: argparse.Namespace) -> dict[str, Any]:
     )
     from transformer.data.corpus import load_documents
     from transformer.inference.loading import load_trained
-    from transformer.routing.decoder import RoutedDecoder
+    from transformer.routing.decoder import as_routed
 
     labels = list(args.data) if args.labels is None else list(args.labels)
     if len(labels) != len(args.data):
@@ -75,9 +75,9 @@ def routes_command(args: argparse.Namespace) -> dict[str, Any]:
     if args.windows < 1 or args.permutations < 1:
         raise CommandError("--windows and --permutations must be positive")
     run = load_trained(args.run, args.checkpoint, chosen_device(args))
-    model = run.model
-    if not isinstance(model, RoutedDecoder):
+    if run.model.kind != "routed":
         raise CommandError(f"routes needs a routed run; {args.run} holds a plain decoder (config routing: null)")
+    model = as_routed(run.model)
     n_ctx = model.cfg.n_ctx
     generator = torch.Generator().manual_seed(args.seed)
     paths, window_labels = [], []

@@ -28,9 +28,8 @@ from torch import Tensor
 
 from transformer.errors import UserError
 from transformer.inference.sampling import choose_next, next_token_logits
-from transformer.model.decoder import Decoder, DecoderEnds
+from transformer.model.decoder import DecoderEnds
 from transformer.model.kv_cache import KVCache
-from transformer.routing.decoder import RoutedDecoder
 
 
 class GenerationError(UserError, ValueError):
@@ -59,8 +58,8 @@ def check_settings(
 def check_prompt(model: DecoderEnds, prompt_len: int) -> None:
     if prompt_len < 1:
         raise GenerationError("the prompt is empty: a decoder needs at least one token to predict the next")
-    if isinstance(model, RoutedDecoder) and prompt_len < model.routing.route_prefix_len:
-        prefix = model.routing.route_prefix_len
+    if prompt_len < model.min_prompt_len:  # only a routed decoder asks for more than one: its prefix
+        prefix = model.min_prompt_len
         raise GenerationError(
             f"the prompt has {prompt_len} tokens, fewer than the routing prefix route_prefix_len={prefix}: "
             f"a routed model chooses its layers from its first {prefix} tokens, so give a longer prompt"
@@ -71,13 +70,7 @@ def cached_logits(
     model: DecoderEnds, fresh: Int[Tensor, "batch new"], cache: KVCache
 ) -> Float[Tensor, "batch d_vocab"]:
     """Feed the tokens the cache has not seen; the next-token logits after the last of them."""
-    if isinstance(model, RoutedDecoder):
-        logits, _ = model(fresh, cache=cache)
-    elif isinstance(model, Decoder):
-        logits = model(fresh, cache=cache)
-    else:
-        raise TypeError(f"cannot generate with a {type(model).__name__}")
-    last: Tensor = logits[:, -1].float()
+    last: Tensor = model(fresh, cache=cache).logits[:, -1].float()
     return last
 
 

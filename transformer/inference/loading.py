@@ -12,8 +12,6 @@ import torch
 from transformer.data.tokenizer import TextTokenizer
 from transformer.devices import resolve_device
 from transformer.model.decoder import DecoderEnds
-from transformer.routing.decoder import RoutedDecoder
-from transformer.routing.router import temperature_after
 from transformer.training import checkpoint as ckpt
 from transformer.training.config import RunConfig, build_model
 
@@ -42,8 +40,6 @@ def load_trained(run_dir: Path, which: str = "latest", device: str | torch.devic
         raise ckpt.CheckpointError(f"checkpoint {folder} has no usable config or tokenizer: {error}") from error
     model = build_model(config).to(place)
     ckpt.read_weights(folder, model)
-    if isinstance(model, RoutedDecoder) and config.routing is not None:
-        # sampled routes (evaluation, analysis) at the temperature training had reached
-        model.router.temperature = temperature_after(config.routing, int(state["step"]), config.train.max_steps)
+    model.set_trained_steps(int(state["step"]), config.train.max_steps)
     model.eval()
     return TrainedRun(model=model, tokenizer=tokenizer, config=config, checkpoint=folder, step=int(state["step"]))

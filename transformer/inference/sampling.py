@@ -10,7 +10,6 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from transformer.model.decoder import DecoderEnds
-from transformer.routing.decoder import RoutedDecoder
 
 
 def filter_logits(
@@ -32,9 +31,8 @@ def filter_logits(
 
 
 def next_token_logits(model: DecoderEnds, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch d_vocab"]:
-    output = model(tokens)
-    logits: Tensor = output[0] if isinstance(model, RoutedDecoder) else output
-    return logits[:, -1].float()
+    logits: Tensor = model(tokens).logits[:, -1].float()
+    return logits
 
 
 def choose_next(

@@ -4,7 +4,17 @@ This is GPT-2's shape. The routed decoder (transformer/routing/decoder.py) reuse
 it and replaces only the fixed order of layers with a router's choice from a pool.
 With a `KVCache` (see kv_cache.py here and transformer/inference/generation.py), `tokens` are the
 positions after those already cached, and the logits are theirs alone.
+
+Both decoders return a `DecoderOutput` and answer the same questions through `DecoderEnds`
+(which targets are scored, how long a prompt must be, what one training step sets, what a
+checkpoint keeps), so training, generation and analysis never ask which decoder they hold.
+The plain answers live here; the routed decoder overrides them.
 """
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
@@ -27,9 +37,30 @@ def make_positions(cfg: ModelConfig) -> LearnedPositions | SinusoidalPositions |
     return None
 
 
+DecoderKind = Literal["plain", "routed"]
+
+
+@dataclass
+class DecoderOutput:
+    """What one forward pass of either decoder returns."""
+
+    logits: Float[Tensor, "batch pos d_vocab"]
+    # What the objective adds to the language-model loss (the routed decoder's balance and z
+    # losses); None when there is nothing to add.
+    aux_loss: Float[Tensor, ""] | None = None
+    # The routed decoder's `transformer.routing.decoder.RoutingInfo`; None for the plain one.
+    # `Any`, because model/ may not import routing/ (see pyproject.toml's import contracts).
+    routing: Any = None
+
+
 class DecoderEnds(nn.Module):
     """What every decoder shares around its layers: embedding and positions in, norm and
-    unembedding out. The plain and routed decoders differ only in what runs in between."""
+    unembedding out. The plain and routed decoders differ only in what runs in between.
+
+    The methods and properties below hold the plain decoder's answer to everything that
+    depends on the kind of decoder; `RoutedDecoder` overrides them."""
+
+    kind: ClassVar[DecoderKind] = "plain"
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -61,6 +92,67 @@ class DecoderEnds(nn.Module):
         logits: Tensor = self.unembed(self.ln_final(resid))
         return logits
 
+    # --- what depends on the kind of decoder (plain answers; RoutedDecoder overrides) ------
+
+    @property
+    def n_steps(self) -> int:
+        """Layers one token passes through, whichever layers they are."""
+        return self.cfg.n_layers
+
+    @property
+    def pool_size(self) -> int:
+        """Layers each step chooses among: a plain decoder's step k always runs its layer k."""
+        return 1
+
+    @property
+    def first_scored_target(self) -> int:
+        """The first target position the training loss scores (see training/lm_loss.py)."""
+        return 0
+
+    @property
+    def min_prompt_len(self) -> int:
+        """The fewest prompt tokens generation can start from: one, to predict the next."""
+        return 1
+
+    def active_parameters(self) -> int:
+        """Weights one token's forward pass multiplies by, for FLOP counts: embedding tables
+        are lookups, not multiplies."""
+        return sum(p.numel() for name, p in self.named_parameters() if not name.endswith(("W_E", "W_pos")))
+
+    def set_training_step(self, step: int, total_steps: int) -> None:
+        """Set what is scheduled over training (a routed decoder's route temperature) for the
+        update `step` of `total_steps`; a plain decoder has no schedule of its own."""
+
+    def set_trained_steps(self, steps: int, total_steps: int) -> None:
+        """Set the schedule as it stood when `steps` updates were done, so a loaded checkpoint
+        behaves as training last saw it."""
+
+    def counting_window(self) -> contextlib.AbstractContextManager[None]:
+        """Mark the forwards inside the block as the micro-batches of one optimizer step: a
+        routed decoder balances its layer usage over all of them; a plain one counts nothing."""
+        return contextlib.nullcontext()
+
+    def seed_route_rng(self, derive: Callable[[int], int]) -> None:
+        """Restart the random stream routes are drawn from at `derive(the routing seed)`;
+        `derive` mixes in what must differ (each distributed rank draws its own routes)."""
+
+    def route_rng_state(self) -> Tensor | None:
+        """The route stream's state, which a checkpoint keeps for an exact resume; None: this
+        decoder draws no routes."""
+        return None
+
+    def set_route_rng_state(self, state: Tensor | None) -> None:
+        """Continue the route stream from a state `route_rng_state` returned."""
+
+    def training_metrics(self, output: DecoderOutput) -> dict[str, Any]:
+        """What a training log record adds from an optimizer step's last forward `output`."""
+        return {}
+
+    def sampled_routes(self, seed: int) -> contextlib.AbstractContextManager[None]:
+        """Inside the block, forwards draw routes as training does, from a stream seeded with
+        `seed`, so evaluation sees what training saw without shifting training's own stream."""
+        raise ValueError("sampled routes need a routed decoder")
+
 
 class Decoder(DecoderEnds):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -72,8 +164,8 @@ class Decoder(DecoderEnds):
         tokens: Int[Tensor, "batch pos"],
         key_padding_mask: Bool[Tensor, "batch pos"] | None = None,
         cache: KVCache | None = None,
-    ) -> Float[Tensor, "batch pos d_vocab"]:
+    ) -> DecoderOutput:
         resid = self.embed_tokens(tokens, cache.length if cache is not None else 0)
         for index, layer in enumerate(self.layers):
             resid = layer(resid, key_padding_mask, cache.layers[index] if cache is not None else None)
-        return self.logits(resid)
+        return DecoderOutput(self.logits(resid))

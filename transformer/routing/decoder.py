@@ -10,24 +10,31 @@ logits equal the plain decoder's bit for bit (tests/routing/test_decoder.py).
 With a `KVCache` (generation), the route is fixed by the first call, which must hold the whole
 routing prefix; later calls feed only new tokens through the same layers (see
 transformer/model/kv_cache.py).
+
+What a routed model does differently in training, generation and checkpoints (scored targets,
+prompt length, temperature schedule, route stream, logged metrics) is `DecoderEnds`'
+interface, overridden here, so no caller needs to know which decoder it holds; the few that
+need routes themselves get the model typed as a `RoutedDecoder` from `as_routed`.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Bool, Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 
+from transformer.errors import UserError
 from transformer.model.config import ModelConfig
-from transformer.model.decoder import DecoderEnds
+from transformer.model.decoder import DecoderEnds, DecoderKind, DecoderOutput
 from transformer.model.kv_cache import FixedRoute, KVCache
 from transformer.routing import losses as routing_losses
 from transformer.routing.config import RoutingConfig
 from transformer.routing.gate import choice_score, gate
 from transformer.routing.pool import LayerPool
-from transformer.routing.router import Router
+from transformer.routing.router import Router, temperature_after, temperature_at
 
 
 @dataclass
@@ -46,6 +53,8 @@ class RoutingInfo:
 
 
 class RoutedDecoder(DecoderEnds):
+    kind: ClassVar[DecoderKind] = "routed"
+
     def __init__(self, cfg: ModelConfig, routing: RoutingConfig) -> None:
         super().__init__(cfg)
         self.routing = routing
@@ -56,8 +65,69 @@ class RoutedDecoder(DecoderEnds):
         self._eval_generator = torch.Generator().manual_seed(routing.seed)
 
     @property
-    def n_steps(self) -> int:
-        return self.cfg.n_layers
+    def pool_size(self) -> int:
+        return self.routing.pool_size
+
+    @property
+    def first_scored_target(self) -> int:
+        """Targets before the routing prefix P are predicted by a model with no route yet."""
+        return self.routing.route_prefix_len
+
+    @property
+    def min_prompt_len(self) -> int:
+        """The router chooses every layer from the first P positions, so they must exist."""
+        return self.routing.route_prefix_len
+
+    def active_parameters(self) -> int:
+        """A token runs K of the pool's N layers: each pool weight counts K / N times."""
+        pool = [p.numel() for p in self.pool.parameters()]
+        scaled = sum(numel * self.n_steps // self.pool_size for numel in pool)
+        return super().active_parameters() - sum(pool) + scaled
+
+    def set_training_step(self, step: int, total_steps: int) -> None:
+        """Routes are sampled at a temperature annealed over training."""
+        self.router.temperature = temperature_at(self.routing, step, total_steps)
+
+    def set_trained_steps(self, steps: int, total_steps: int) -> None:
+        """Sampled routes (evaluation, analysis) at the temperature training had reached."""
+        self.router.temperature = temperature_after(self.routing, steps, total_steps)
+
+    def seed_route_rng(self, derive: Callable[[int], int]) -> None:
+        self.router.seed_generator(derive(self.routing.seed))
+
+    def route_rng_state(self) -> Tensor:
+        return self.router.generator.get_state()
+
+    def set_route_rng_state(self, state: Tensor | None) -> None:
+        if state is None:
+            raise ValueError("a routed decoder needs the route stream's state to continue it")
+        self.router.generator.set_state(state)
+
+    def training_metrics(self, output: DecoderOutput) -> dict[str, Any]:
+        """The last micro-batch's counts cover the whole counting window: every micro-batch
+        of the step, on every rank."""
+        info: RoutingInfo = output.routing
+        return {
+            "usage_entropy": float(info.usage_entropy),
+            "decision_entropy": float(info.decision_entropy),
+            "usage": (info.counts / info.counts.sum(-1, keepdim=True)).tolist(),
+            "temperature": self.router.temperature,
+        }
+
+    @contextmanager
+    def sampled_routes(self, seed: int) -> Iterator[None]:
+        """Routes drawn as in training (Gumbel-argmax at the router's temperature) from a generator
+        seeded with `seed`, swapped in for the router's own, the rest of the model in eval mode
+        (no dropout): evaluating never shifts the training run's routing stream."""
+        own_generator, was_training = self.router.generator, self.training
+        self.eval()
+        self.router.generator = torch.Generator().manual_seed(seed)
+        self.router.train()
+        try:
+            yield
+        finally:
+            self.router.generator = own_generator
+            self.train(was_training)
 
     @contextmanager
     def counting_window(self) -> Iterator[None]:
@@ -77,7 +147,7 @@ class RoutedDecoder(DecoderEnds):
         key_padding_mask: Bool[Tensor, "batch pos"] | None = None,
         route: Int[Tensor, "batch steps"] | None = None,
         cache: KVCache | None = None,
-    ) -> tuple[Float[Tensor, "batch pos d_vocab"], RoutingInfo]:
+    ) -> DecoderOutput:
         """`route` forces the layer chosen at each step (for tests, baselines and analysis).
         `cache`: the first call routes as usual and stores the route; later calls reuse it."""
         if route is not None and route.shape != (tokens.shape[0], self.n_steps):
@@ -107,7 +177,7 @@ class RoutedDecoder(DecoderEnds):
         if cache is not None and fixed is None:
             cache.route = FixedRoute(choices, router_logits, router_probabilities)
         info = self._routing_info(choices, router_logits, router_probabilities)
-        return self.logits(resid), info
+        return DecoderOutput(self.logits(resid), aux_loss=info.aux_loss, routing=info)
 
     def _choose(self, logits: Float[Tensor, "batch n_pool"], step: int) -> Int[Tensor, " batch"]:
         """The router's choice, or a baseline policy's (`RoutingConfig.route_policy`): "fixed"
@@ -148,3 +218,15 @@ class RoutedDecoder(DecoderEnds):
             z_loss=z,
             aux_loss=self.routing.balance_weight * balance + self.routing.z_loss_weight * z,
         )
+
+
+class NotRoutedError(UserError):
+    """A request that needs routes, made of a plain decoder."""
+
+
+def as_routed(model: nn.Module, needed_by: str = "this") -> RoutedDecoder:
+    """`model` typed as the routed decoder it is; for callers that need routes themselves
+    (route tables, route temperatures), after checking `model.kind`."""
+    if not isinstance(model, RoutedDecoder):
+        raise NotRoutedError(f"{needed_by} needs a routed decoder, not a {type(model).__name__} (config routing: null)")
+    return model

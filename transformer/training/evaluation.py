@@ -5,17 +5,15 @@ it never shifts the training run's random streams (a resumed run stays exact).
 """
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from jaxtyping import Float
-from torch import Tensor, nn
+from torch import Tensor
 
+from transformer.model.decoder import DecoderEnds
 from transformer.routing import losses as routing_losses
-from transformer.routing.decoder import RoutedDecoder
 from transformer.training.objective import compute_objective
 
 
@@ -34,7 +32,7 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: DecoderEnds,
     batches: list[Tensor],
     route_samples: int = 2,
     seed: int = 0,
@@ -54,8 +52,8 @@ def evaluate(
     device = next(model.parameters()).device
     total = _global_mean(_stack_or_empty(losses, device))
     result = Evaluation(val_loss=total, val_ppl=math.exp(min(total, 700.0)))
-    if isinstance(model, RoutedDecoder):
-        shape = (model.n_steps, model.routing.pool_size)
+    if model.kind == "routed":
+        shape = (model.n_steps, model.pool_size)
         local = torch.stack(usage_counts).sum(0) if usage_counts else torch.zeros(shape, device=device)
         counts = _global_sum(local)
         result.usage = (counts / counts.sum(-1, keepdim=True).clamp_min(1)).tolist()
@@ -67,24 +65,8 @@ def evaluate(
     return result
 
 
-@contextmanager
-def sampled_routes(model: RoutedDecoder, seed: int) -> Iterator[None]:
-    """Routes drawn as in training (Gumbel-argmax at the router's temperature) from a generator
-    seeded with `seed`, swapped in for the router's own, the rest of the model in eval mode
-    (no dropout): evaluating never shifts the training run's routing stream."""
-    own_generator, was_training = model.router.generator, model.training
-    model.eval()
-    model.router.generator = torch.Generator().manual_seed(seed)
-    model.router.train()
-    try:
-        yield
-    finally:
-        model.router.generator = own_generator
-        model.train(was_training)
-
-
-def _sampled_route_loss(model: RoutedDecoder, batches: list[Tensor], samples: int, seed: int) -> float:
-    with sampled_routes(model, seed):
+def _sampled_route_loss(model: DecoderEnds, batches: list[Tensor], samples: int, seed: int) -> float:
+    with model.sampled_routes(seed):
         losses = [compute_objective(model, tokens).lm_loss.float() for tokens in batches for _ in range(samples)]
     return _global_mean(_stack_or_empty(losses, next(model.parameters()).device))
 

@@ -1,4 +1,4 @@
-"""What training minimises: next-token loss, plus the routed decoder's auxiliary losses.
+"""What training minimises: next-token loss, plus whatever auxiliary loss the decoder reports.
 
 One function for both decoders (bare or wrapped in DistributedDataParallel), so the trainer,
 the evaluation and the distributed tests all compute the loss the same way.
@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from transformer.routing.decoder import RoutedDecoder, RoutingInfo
+from transformer.model.decoder import DecoderEnds, DecoderOutput
+from transformer.routing.decoder import RoutingInfo
 from transformer.training.lm_loss import lm_loss
 
 
@@ -17,7 +18,13 @@ from transformer.training.lm_loss import lm_loss
 class Objective:
     loss: Float[Tensor, ""]  # what backward() is called on
     lm_loss: Float[Tensor, ""]  # nats per scored token
-    routing: RoutingInfo | None
+    output: DecoderOutput
+
+    @property
+    def routing(self) -> RoutingInfo | None:
+        """The routed decoder's report on this forward; None for the plain decoder."""
+        routing: RoutingInfo | None = self.output.routing
+        return routing
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -30,10 +37,17 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def decoder_of(model: nn.Module) -> DecoderEnds:
+    """The decoder under any wrappers: what its interface says holds for the wrapper too."""
+    inner = unwrap(model)
+    if not isinstance(inner, DecoderEnds):
+        raise TypeError(f"{type(inner).__name__} is not a decoder")
+    return inner
+
+
 def first_scored_target(model: nn.Module) -> int:
     """Routed models score only targets from the routing prefix on (see lm_loss.py)."""
-    inner = unwrap(model)
-    return inner.routing.route_prefix_len if isinstance(inner, RoutedDecoder) else 0
+    return decoder_of(model).first_scored_target
 
 
 def compute_objective(
@@ -41,11 +55,13 @@ def compute_objective(
 ) -> Objective:
     """`tokens` holds inputs and targets: position t predicts position t + 1."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    if isinstance(unwrap(model), RoutedDecoder):
-        logits, info = model(inputs, route=route)
-        language = lm_loss(logits, targets, first_scored_target(model))
-        return Objective(loss=language + info.aux_loss, lm_loss=language, routing=info)
-    if route is not None:
+    decoder = decoder_of(model)
+    if route is None:
+        output = model(inputs)
+    elif decoder.kind == "routed":
+        output = model(inputs, route=route)
+    else:
         raise ValueError("a route can only be given to a routed decoder")
-    language = lm_loss(model(inputs), targets)
-    return Objective(loss=language, lm_loss=language, routing=None)
+    language = lm_loss(output.logits, targets, decoder.first_scored_target)
+    loss = language if output.aux_loss is None else language + output.aux_loss
+    return Objective(loss=loss, lm_loss=language, output=output)

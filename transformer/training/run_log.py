@@ -12,9 +12,6 @@ from typing import Any, TextIO
 
 import torch
 
-from transformer.model.decoder import DecoderEnds
-from transformer.routing.decoder import RoutedDecoder
-
 # Dense bf16 peak FLOP/s of common accelerators, for the MFU estimate (none on CPU).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 
@@ -67,23 +64,9 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
 
 
 def flops_per_token(active_parameters: int, n_layers: int, d_model: int, n_ctx: int) -> float:
-    """Forward + backward: 6 per active weight, plus attention's score and mix (PaLM, app. B)."""
+    """Forward + backward: 6 per active weight (`DecoderEnds.active_parameters`), plus
+    attention's score and mix (PaLM, app. B)."""
     return 6.0 * active_parameters + 12.0 * n_layers * d_model * n_ctx
-
-
-def active_parameters(model: DecoderEnds) -> int:
-    """Weights one token's forward pass touches: a routed model runs K of its N pool layers,
-    and embedding tables are lookups, not multiplies."""
-    pool_size = len(model.pool.layers) if isinstance(model, RoutedDecoder) else 1
-    total = 0
-    for name, parameter in model.named_parameters():
-        if name.endswith(("W_E", "W_pos")):
-            continue
-        if name.startswith("pool."):
-            total += parameter.numel() * model.cfg.n_layers // pool_size
-        else:
-            total += parameter.numel()
-    return total
 
 
 def peak_flops(device: torch.device) -> float | None:

@@ -27,8 +27,7 @@ from transformer.data.tokenizer import TextTokenizer, train_tokenizer
 from transformer.data.tokens import TokenData, prepare_corpus
 from transformer.errors import UserError
 from transformer.inference.generation import generate
-from transformer.routing.decoder import RoutedDecoder
-from transformer.routing.router import temperature_at
+from transformer.model.decoder import DecoderOutput
 from transformer.training import checkpoint as ckpt
 from transformer.training import distributed, rng
 from transformer.training.config import RunConfig, build_model
@@ -41,9 +40,9 @@ from transformer.training.distributed import (
     stream_seed,
 )
 from transformer.training.evaluation import Evaluation, evaluate
-from transformer.training.objective import compute_objective, first_scored_target
+from transformer.training.objective import compute_objective
 from transformer.training.optim import learning_rate, make_optimizer
-from transformer.training.run_log import RunLog, active_parameters, flops_per_token, peak_flops
+from transformer.training.run_log import RunLog, flops_per_token, peak_flops
 
 
 class TrainingError(UserError):
@@ -87,8 +86,7 @@ class _Run:
         self.model = build_model(self.config).to(process.device)
         self.optimizer = make_optimizer(self.model, settings)
         self.data_generator = torch.Generator().manual_seed(stream_seed(settings.seed, process.rank, DATA_STREAM))
-        if isinstance(self.model, RoutedDecoder):
-            self.model.router.seed_generator(stream_seed(self.model.routing.seed, process.rank, ROUTING_STREAM))
+        self.model.seed_route_rng(lambda seed: stream_seed(seed, process.rank, ROUTING_STREAM))
         self.step, self.best_val, self.skipped = 0, math.inf, 0
         rng.seed_everything(stream_seed(settings.seed, process.rank, DROPOUT_STREAM))  # dropout differs per rank
         if state is not None:
@@ -102,7 +100,7 @@ class _Run:
         cfg = self.model.cfg
         self.tokens_per_step = settings.batch_size * cfg.n_ctx * settings.grad_accum * process.world_size
         self.flops_per_step = self.tokens_per_step * flops_per_token(
-            active_parameters(self.model), cfg.n_layers, cfg.d_model, cfg.n_ctx
+            self.model.active_parameters(), cfg.n_layers, cfg.d_model, cfg.n_ctx
         )
         self.peak = peak_flops(process.device)
 
@@ -163,8 +161,7 @@ class _Run:
             )
         if rank < saved_world:
             self.data_generator.set_state(state["data_rng"][rank])
-            if isinstance(self.model, RoutedDecoder):
-                self.model.router.generator.set_state(state["router_rng"][rank])
+            self.model.set_route_rng_state(state["router_rng"][rank])
             rng.restore(state["rng"][rank])
 
     def _barrier(self) -> None:
@@ -229,13 +226,11 @@ class _Run:
         lr = learning_rate(self.step, settings)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if isinstance(self.model, RoutedDecoder) and self.config.routing is not None:
-            self.model.router.temperature = temperature_at(self.config.routing, self.step, settings.max_steps)
+        self.model.set_training_step(self.step, settings.max_steps)
         self.model.train()
         loss_sum = torch.zeros((), device=self.process.device)
-        routing_infos = []
-        window = self.model.counting_window() if isinstance(self.model, RoutedDecoder) else contextlib.nullcontext()
-        with window:
+        last_output: DecoderOutput | None = None
+        with self.model.counting_window():
             for micro in range(settings.grad_accum):
                 tokens = self.data.sample_windows(
                     "train", settings.batch_size, self.model.cfg.n_ctx, self.data_generator
@@ -244,8 +239,7 @@ class _Run:
                     objective = compute_objective(self.forward_model, tokens)
                 (objective.loss / settings.grad_accum).backward()
                 loss_sum += objective.lm_loss.detach().float()
-                if objective.routing is not None:
-                    routing_infos.append(objective.routing)
+                last_output = objective.output
         loss = loss_sum / settings.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), settings.grad_clip if settings.grad_clip > 0 else math.inf
@@ -256,14 +250,8 @@ class _Run:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         record: dict[str, Any] = {"loss": self._rank_mean(loss), "lr": lr, "grad_norm": float(grad_norm)}
-        if routing_infos and isinstance(self.model, RoutedDecoder):
-            info = routing_infos[-1]  # its counts cover the whole window: all micro-batches, all ranks
-            record.update(
-                usage_entropy=float(info.usage_entropy),
-                decision_entropy=float(info.decision_entropy),
-                usage=(info.counts / info.counts.sum(-1, keepdim=True)).tolist(),
-                temperature=self.model.router.temperature,
-            )
+        if last_output is not None:
+            record.update(self.model.training_metrics(last_output))
         return record
 
     @contextlib.contextmanager
@@ -299,10 +287,9 @@ class _Run:
 
     def _announce(self) -> None:
         n_params = sum(p.numel() for p in self.model.parameters())
-        kind = "routed" if isinstance(self.model, RoutedDecoder) else "plain"
         resumed = f", resuming at step {self.step}" if self.step else ""
         print(
-            f"{kind} decoder, {n_params:,} parameters; vocabulary {self.tokenizer.vocab_size}; "
+            f"{self.model.kind} decoder, {n_params:,} parameters; vocabulary {self.tokenizer.vocab_size}; "
             f"{len(self.data.train):,} training tokens; {self.process.world_size} process(es) on "
             f"{self.process.device.type}; {self.tokens_per_step:,} tokens per step; run dir {self.run_dir}{resumed}"
         )
@@ -360,7 +347,7 @@ class _Run:
     def _save(self, is_best: bool) -> None:
         per_rank = {
             "data_rng": self.data_generator.get_state(),
-            "router_rng": self.model.router.generator.get_state() if isinstance(self.model, RoutedDecoder) else None,
+            "router_rng": self.model.route_rng_state(),
             "rng": rng.capture(),
         }
         gathered = [per_rank]
@@ -389,7 +376,7 @@ class _Run:
                 f"{self.skipped} skipped; checkpoints in {ckpt.checkpoints_dir(self.run_dir)}"
             )
         if self.settings.sample_tokens:
-            prompt_len = max(first_scored_target(self.model), 8)
+            prompt_len = max(self.model.min_prompt_len, 8)
             prompt = torch.as_tensor(self.data.val[:prompt_len].astype("int64"))[None].to(self.process.device)
             out = generate(
                 self.model,

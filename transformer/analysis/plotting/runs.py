@@ -25,11 +25,11 @@ import torch
 
 from transformer.data.tokenizer import TextTokenizer
 from transformer.errors import UserError
-from transformer.routing.decoder import RoutedDecoder
+from transformer.routing.decoder import as_routed
 from transformer.training import checkpoint as ckpt
 from transformer.training.config import RunConfig, build_model
 from transformer.training.distributed import VAL_WINDOWS_STREAM, stream_seed
-from transformer.training.run_log import active_parameters, flops_per_token, read_records
+from transformer.training.run_log import flops_per_token, read_records
 
 METRICS = "metrics.jsonl"
 
@@ -41,7 +41,7 @@ class PlotError(UserError):
 @dataclass
 class ModelSize:
     parameters: int  # every weight the model holds
-    active: int  # weights one token's forward pass multiplies by (run_log.active_parameters)
+    active: int  # weights one token's forward pass multiplies by (DecoderEnds.active_parameters)
     flops_per_token: float  # forward + backward, as the trainer counts it
 
 
@@ -107,7 +107,7 @@ def model_size(config: RunConfig) -> ModelSize:
     with torch.device("meta"):
         model = build_model(config)
     cfg = model.cfg
-    active = active_parameters(model)
+    active = model.active_parameters()
     return ModelSize(
         parameters=sum(p.numel() for p in model.parameters()),
         active=active,
@@ -175,9 +175,10 @@ def route_counts(run_dir: Path, min_windows: int = 256, batch: int = 64) -> Rout
     from transformer.inference.loading import load_trained
 
     run = load_trained(run_dir, "latest")
-    model, settings = run.model, run.config.train
-    if not isinstance(model, RoutedDecoder):
+    settings = run.config.train
+    if run.model.kind != "routed":
         raise PlotError(f"{run_dir} is a plain decoder: it has no routes")
+    model = as_routed(run.model)
     data = prepare_corpus(settings.data, run.tokenizer, settings.val_fraction)
     generator = torch.Generator().manual_seed(stream_seed(settings.seed, 0, VAL_WINDOWS_STREAM))
     n_batches = max(settings.eval_batches, math.ceil(min_windows / settings.batch_size))
@@ -187,7 +188,7 @@ def route_counts(run_dir: Path, min_windows: int = 256, batch: int = 64) -> Rout
     prefixes = windows[:, : model.routing.route_prefix_len]
     routes: list[tuple[int, ...]] = []
     for start in range(0, len(prefixes), batch):
-        _, info = model(prefixes[start : start + batch])
+        info = model(prefixes[start : start + batch]).routing
         routes += [tuple(row) for row in info.layer_choices.tolist()]
     return RouteCounts(
         routes,
