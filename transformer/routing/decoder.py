@@ -157,6 +157,7 @@ class RoutedDecoder(DecoderEnds):
             raise ValueError("this KV cache was filled on another route: start a new cache to change routes")
         resid = self.embed_tokens(tokens, cache.length if cache is not None else 0)
         all_choices, all_logits, all_probabilities = [], [], []
+        idle = set(range(self.pool_size))  # pool layers no step has run yet
         for step in range(self.n_steps):
             if fixed is None:
                 logits = self.router(resid, step)
@@ -164,13 +165,16 @@ class RoutedDecoder(DecoderEnds):
                 probabilities = self.router.probabilities(logits)
             else:  # the prefix was read on the first call; these tokens come after it
                 choice, logits, probabilities = fixed.at(step)
-            layer_out = self.pool(resid, choice, key_padding_mask, cache.layers[step] if cache is not None else None)
+            layer_out = self.pool(
+                resid, choice, key_padding_mask, cache.layers[step] if cache is not None else None, idle
+            )
             learned = self.routing.route_policy == "learned"
             score = choice_score(probabilities, choice, self.routing.gradient) if learned else None
             resid = gate(resid, layer_out, score)
             all_choices.append(choice)
             all_logits.append(logits)
             all_probabilities.append(probabilities)
+        resid = self.pool.keep_in_graph(resid, idle)  # zero gradients for the layers no step ran
         choices = torch.stack(all_choices, dim=1)
         router_logits = torch.stack(all_logits, dim=1)
         router_probabilities = torch.stack(all_probabilities, dim=1)
