@@ -131,3 +131,9 @@ def test_per_step_pools_need_a_pool_size_that_is_a_multiple_of_the_steps() -> No
     with pytest.raises(ConfigError, match=r"pools='per_step' needs pool_size=4 to be a multiple of the 3") as caught:
         RoutedDecoder(tiny_config(), RoutingConfig(pool_size=4, route_prefix_len=4, pools="per_step"))
     assert "\n" not in str(caught.value)
+
+
+def test_a_forced_route_outside_a_steps_own_layers_is_refused() -> None:
+    routed = RoutedDecoder(tiny_config(), PER_STEP)
+    with pytest.raises(ValueError, match=r"step k's route must name one of its layers"):
+        routed(torch.zeros(2, 8, dtype=torch.long), route=torch.tensor([[0, 2, 4], [0, 1, 4]]))

@@ -159,6 +159,12 @@ class RoutedDecoder(DecoderEnds):
         `cache`: the first call routes as usual and stores the route; later calls reuse it."""
         if route is not None and route.shape != (tokens.shape[0], self.n_steps):
             raise ValueError(f"route must have shape (batch, steps) = {(tokens.shape[0], self.n_steps)}")
+        if route is not None and self.routing.pools == "per_step":
+            first = torch.tensor([own.start for own in self.router.step_layers], device=route.device)
+            if bool(((route < first) | (route >= first + len(self.router.step_layers[0]))).any()):
+                raise ValueError(
+                    f"with per-step pools, step k's route must name one of its layers {self.router.step_layers}"
+                )
         fixed = cache.route if cache is not None else None
         if fixed is not None and route is not None and not torch.equal(route, fixed.choices):
             raise ValueError("this KV cache was filled on another route: start a new cache to change routes")
