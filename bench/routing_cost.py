@@ -6,11 +6,12 @@ batch 12, vocab 65), all with the package's defaults otherwise (fast attention):
 - plain-4: `Decoder`, 4 layers: the compute each token gets in the routed model;
 - plain-8: `Decoder`, 8 layers: the layer parameters the routed model holds;
 - routed:  `RoutedDecoder`, a pool of N=8 layers, K=4 steps (routing prefix 16): each
-  sequence runs through 4 layers, so its compute should be close to plain-4's.
+  sequence runs through 4 layers, so its compute should be close to plain-4's;
+- per-step: the same with `pools="per_step"`: step k chooses between its own 2 layers.
 
 One training step = `compute_objective(model, tokens).loss` (next-token loss, plus the
 routed model's balance and z-losses), backward, AdamW step, zero_grad, on one fixed batch
-of random tokens; the routed model samples its routes as in training. The goal: a routed
+of random tokens; the routed models sample their routes as in training. The goal: a routed
 step costs at most 1.1x a plain-4 step. Timing runs the models interleaved, in rotating
 order, in one process, so that a change in machine load hits them alike: `warmup` untimed
 steps each, then `repeats` timed runs of `steps` steps; the table shows each model's
@@ -56,7 +57,7 @@ from transformer.routing.decoder import RoutedDecoder, as_routed
 from transformer.training import objective as objective_module
 from transformer.training.objective import compute_objective
 
-MODELS = ("plain-4", "plain-8", "routed")
+MODELS = ("plain-4", "plain-8", "routed", "per-step")
 # nanoGPT's shakespeare_char CPU recipe (its README's "I only have a macbook"), dropout 0.
 D_VOCAB, D_MODEL, N_HEADS, N_CTX = 65, 128, 4, 64
 STEPS_K, POOL_N, PREFIX = 4, 8, 16
@@ -66,8 +67,9 @@ ROUTED_VS_PLAIN4_GOAL = 1.1  # routed ms/step / plain-4 ms/step should be at mos
 def build_model(name: str) -> nn.Module:
     depth = 8 if name == "plain-8" else STEPS_K
     cfg = ModelConfig(d_vocab=D_VOCAB, d_model=D_MODEL, n_heads=N_HEADS, n_layers=depth, n_ctx=N_CTX)
-    if name == "routed":
-        return RoutedDecoder(cfg, RoutingConfig(pool_size=POOL_N, route_prefix_len=PREFIX))
+    if name in ("routed", "per-step"):
+        pools = "per_step" if name == "per-step" else "shared"
+        return RoutedDecoder(cfg, RoutingConfig(pool_size=POOL_N, route_prefix_len=PREFIX, pools=pools))
     return Decoder(cfg)
 
 
@@ -288,9 +290,10 @@ def layer_call_ms(batch: int, args: argparse.Namespace, calls: int) -> float:
 def profile_routed(args: argparse.Namespace) -> None:
     """Where a routed step's time goes, next to plain-4's: (1) the step split into forward,
     backward and optimizer, and the routed forward into its pieces; (2) the same step with the
-    route forced to layer k at step k for every sequence (one full group per step, the other
-    7 layers on empty groups) and the per-call cost of one layer, which separate the cost of
-    small groups from the fixed cost of calling 8 layers per step."""
+    route forced to layer k at step k for every sequence (one full group per step, as many
+    layer calls as plain-4; the other 7 layers skipped), interleaved with plain-4, and the
+    per-call cost of one layer: they separate the cost of small groups (more layer calls) from
+    routing's own work and the optimizer over twice the parameters."""
     device = torch.device(args.device)
     tokens = make_tokens(args.batch, device)
     plain, routed = build_trainee("plain-4", args), build_trainee("routed", args)
@@ -316,10 +319,9 @@ def profile_routed(args: argparse.Namespace) -> None:
     for phase in ("forward", "backward", "optimizer"):
         print(f"{phase:<40} {p[phase]:>8.1f} {r[phase]:>8.1f} {r[phase] - p[phase]:>+8.1f}")
     steps = args.repeats * STEPS_K
-    empty = sum(1 for size in group_sizes if size == 0)
     print(
-        f"routed forward, by piece ({len(group_sizes) // steps} layer calls per routing step, "
-        f"{empty / steps:.1f} of them on an empty group; group sizes {min(group_sizes)} to {max(group_sizes)}):"
+        f"routed forward, by piece ({len(group_sizes) / steps:.1f} layer calls per routing step, of {POOL_N}: "
+        f"layers nobody chose are skipped; group sizes {min(group_sizes)} to {max(group_sizes)}):"
     )
     dispatch = r["pool"] - r["pool layers"]
     pieces = {
@@ -336,26 +338,30 @@ def profile_routed(args: argparse.Namespace) -> None:
 
     forced = Trainee("routed, route k->k", routed.model, routed.optimizer)
     free = Trainee("routed, sampled", routed.model, routed.optimizer)
+    dense = Trainee("plain-4", plain.model, plain.optimizer)
     route = torch.arange(STEPS_K, device=device).repeat(args.batch, 1)
+    runs: list[tuple[Trainee, Tensor | None]] = [(free, None), (forced, route), (dense, None)]
     for repeat in range(args.repeats):
-        for trainee, given in ((free, None), (forced, route))[:: 1 if repeat % 2 else -1]:
+        for i in range(len(runs)):
+            trainee, given = runs[(i + repeat) % len(runs)]
             timed_run(trainee, tokens, args, given)
     pick = (lambda t: t.cpu_ms) if device.type == "cpu" else (lambda t: t.wall_ms)
-    sampled_ms, forced_ms = statistics.median(pick(free)), statistics.median(pick(forced))
-    print(f"\nablation ({clock} ms per step, median of {args.repeats} runs x {args.steps} steps):")
-    print(f"  routed, sampled routes (groups of ~{args.batch / POOL_N:.1f} sequences)   {sampled_ms:>8.1f}")
-    print(f"  routed, route forced k->k (1 group of {args.batch}, 7 empty)   {forced_ms:>8.1f}")
-    print(f"  cost of splitting the batch into {POOL_N} small groups    {sampled_ms - forced_ms:>+8.1f}")
+    sampled_ms, forced_ms, plain_ms = (statistics.median(pick(t)) for t in (free, forced, dense))
+    calls = len(group_sizes) / args.repeats
+    print(f"\nablation ({clock} ms per step, median of {args.repeats} interleaved runs x {args.steps} steps):")
+    print(
+        f"  routed, sampled routes ({calls:.0f} layer calls, groups of ~{args.batch / POOL_N:.1f})  {sampled_ms:>8.1f}"
+    )
+    print(f"  routed, route forced k->k ({STEPS_K} layer calls on the whole batch)  {forced_ms:>8.1f}")
+    print(f"  plain-4 ({STEPS_K} layer calls)                                {plain_ms:>8.1f}")
+    print(f"  cost of small groups (sampled - forced)                  {sampled_ms - forced_ms:>+8.1f}")
+    print(f"  routing's own work and 2x parameters (forced - plain-4)  {forced_ms - plain_ms:>+8.1f}")
     sizes = sorted({0, 1, max(1, round(args.batch / POOL_N)), args.batch})
     costs = {size: layer_call_ms(size, args, calls=10) for size in sizes}
     print(
         f"  one layer, forward + backward ({clock} ms) on a group of: "
         + ", ".join(f"{size}: {ms:.2f}" for size, ms in costs.items())
-    )
-    fixed = STEPS_K * (POOL_N - 1) * costs[0]
-    print(
-        f"  fixed cost of {STEPS_K * (POOL_N - 1)} extra layer calls per step "
-        f"({STEPS_K} steps x {POOL_N - 1} more layers) at the empty-group cost: {fixed:.1f} ms"
+        + " (0: what each skipped layer would cost if it ran)"
     )
 
 
@@ -388,18 +394,19 @@ def report(trainees: list[Trainee], peaks: dict[str, float], args: argparse.Name
             f"{trainee.name:<8} {parameters:>10,} {args.batch * N_CTX / (wall / 1000.0):>9,.0f} {wall:>8.1f} "
             f"{cpu_text:>11} {peaks[trainee.name]:>15.1f}  {runs}"
         )
-    routed = medians["routed"]
-    for other, goal in (("plain-4", ROUTED_VS_PLAIN4_GOAL), ("plain-8", None)):
-        wall_ratio = routed[0] / medians[other][0]
-        cpu_note = f"; by CPU time {routed[1] / medians[other][1]:.2f}x" if on_cpu else ""
-        memory_ratio = peaks["routed"] / peaks[other] if peaks[other] > 0 else float("nan")
+    comparisons = (("routed", "plain-4"), ("routed", "plain-8"), ("per-step", "plain-4"))
+    for name, other in comparisons:
+        model, goal = medians[name], ROUTED_VS_PLAIN4_GOAL if other == "plain-4" else None
+        wall_ratio = model[0] / medians[other][0]
+        cpu_note = f"; by CPU time {model[1] / medians[other][1]:.2f}x" if on_cpu else ""
+        memory_ratio = peaks[name] / peaks[other] if peaks[other] > 0 else float("nan")
         if goal is None:
             verdict = "no goal: same layer parameters, twice the layer compute"
         else:
-            ratio = routed[1] / medians[other][1] if on_cpu else wall_ratio
+            ratio = model[1] / medians[other][1] if on_cpu else wall_ratio
             met = "meets goal" if ratio <= goal else "MISSES goal"
             verdict = f"goal <= {goal:.1f}x ({'CPU' if on_cpu else 'wall'} time): {met}"
-        print(f"routed vs {other}, time: {wall_ratio:.2f}x{cpu_note}  ({verdict}); memory {memory_ratio:.2f}x")
+        print(f"{name} vs {other}, time: {wall_ratio:.2f}x{cpu_note}  ({verdict}); memory {memory_ratio:.2f}x")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -194,3 +194,25 @@ def test_random_policy_draws_uniform_routes_and_evaluation_repeats_its_own() -> 
     assert torch.equal(first.layer_choices, second.layer_choices)
     assert torch.equal(routed.router.generator.get_state(), state), "evaluation leaves training's stream alone"
     assert len(set(first.layer_choices[:, 0].tolist())) == 4
+
+
+def test_after_one_backward_every_pool_parameter_has_a_gradient_and_unused_layers_exact_zeros() -> None:
+    """What DDP without `find_unused_parameters` needs, though layers no sequence chose never run:
+    a forced route leaves layers 3 and 4 unused at every step and layer 1 used at one step only."""
+    torch.manual_seed(8)
+    routed = RoutedDecoder(tiny_config(), RoutingConfig(pool_size=5, route_prefix_len=4))
+    _prime_router(routed)
+    calls: list[int] = []
+    for index, layer in enumerate(routed.pool.layers):
+        layer.register_forward_hook(lambda module, args, output, i=index: calls.append(i))
+    routed.train()
+    tokens = torch.randint(0, 23, (4, 13))
+    route = torch.tensor([[0, 2, 0], [0, 1, 2], [2, 2, 0], [0, 2, 2]])
+    output = routed(tokens[:, :-1], route=route)
+    (lm_loss(output.logits, tokens[:, 1:], 4) + output.aux_loss).backward()
+    assert calls == [0, 2, 1, 2, 0, 2], "each step runs only the layers its sequences chose"
+    for name, parameter in routed.named_parameters():
+        assert parameter.grad is not None, name
+    for index, layer in enumerate(routed.pool.layers):
+        nonzero = sum(int(torch.count_nonzero(p.grad)) for p in layer.parameters() if p.grad is not None)
+        assert (nonzero == 0) == (index in (3, 4)), f"layer {index}: {nonzero} non-zero gradient entries"

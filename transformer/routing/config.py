@@ -12,6 +12,7 @@ from transformer.model.config import ConfigError, ModelConfig, checked_fields
 
 GRADIENT_CHOICES = ("p", "log_p", "log_p_baseline", "none")
 POLICY_CHOICES = ("learned", "random", "fixed")
+POOLS_CHOICES = ("shared", "per_step")
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,10 @@ class RoutingConfig:
     balance_weight: float = 1e-2
     z_loss_weight: float = 1e-3
     gradient: str = "log_p_baseline"  # how the task loss reaches the router; "none": control
-    route_policy: str = "learned"  # baselines: "random" (uniform per step), "fixed" (step k -> layer k mod N)
+    route_policy: str = "learned"  # baselines: "random" (uniform per step), "fixed" (step k -> its fixed layer)
     seed: int = 0  # seeds the router's own generator (mixed with the rank: see distributed.stream_seed)
+    pools: str = "shared"  # "per_step": step k chooses only among its own N / K layers
+    warm_start_steps: int = 0  # S: the first S training updates route step k -> its fixed layer
 
     def __post_init__(self) -> None:
         if not isinstance(self.pool_size, int) or self.pool_size < 1:
@@ -44,6 +47,14 @@ class RoutingConfig:
             raise ConfigError(f"gradient={self.gradient!r} is not one of {list(GRADIENT_CHOICES)}")
         if self.route_policy not in POLICY_CHOICES:
             raise ConfigError(f"route_policy={self.route_policy!r} is not one of {list(POLICY_CHOICES)}")
+        if self.pools not in POOLS_CHOICES:
+            raise ConfigError(f"pools={self.pools!r} is not one of {list(POOLS_CHOICES)}")
+        if (
+            not isinstance(self.warm_start_steps, int)
+            or isinstance(self.warm_start_steps, bool)
+            or self.warm_start_steps < 0
+        ):
+            raise ConfigError(f"warm_start_steps={self.warm_start_steps!r} must be a non-negative integer (0: none)")
 
     def check_fits(self, model: ModelConfig) -> None:
         if self.route_prefix_len > model.n_ctx:
@@ -51,6 +62,24 @@ class RoutingConfig:
                 f"route_prefix_len={self.route_prefix_len} exceeds n_ctx={model.n_ctx}: the routing "
                 "prefix must fit in the context (e.g. n_ctx // 8)"
             )
+        if self.pools == "per_step" and self.pool_size % model.n_layers:
+            raise ConfigError(
+                f"pools='per_step' needs pool_size={self.pool_size} to be a multiple of the "
+                f"{model.n_layers} routing steps (model.n_layers): each step owns pool_size / n_layers layers"
+            )
+
+    def step_layers(self, step: int, n_steps: int) -> range:
+        """The layers step `step` may choose: all N when shared; with per-step pools, step k owns
+        layers [k * N / K, (k + 1) * N / K), so a layer only ever sees one depth."""
+        if self.pools == "shared":
+            return range(self.pool_size)
+        own = self.pool_size // n_steps
+        return range(step * own, (step + 1) * own)
+
+    def fixed_layer(self, step: int, n_steps: int) -> int:
+        """Step k's layer in the fixed order (the "fixed" baseline and the warm start): layer
+        k mod N when shared, the first of its own layers with per-step pools."""
+        return self.step_layers(step, n_steps)[0] if self.pools == "per_step" else step % self.pool_size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

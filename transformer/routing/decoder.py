@@ -63,6 +63,8 @@ class RoutedDecoder(DecoderEnds):
         self._window_counts: Tensor | None = None
         self._in_window = False
         self._eval_generator = torch.Generator().manual_seed(routing.seed)
+        self._fixed_layers = [routing.fixed_layer(step, cfg.n_layers) for step in range(cfg.n_layers)]
+        self.warm_starting = routing.warm_start_steps > 0  # before any update, update 0's routes
 
     @property
     def pool_size(self) -> int:
@@ -85,12 +87,17 @@ class RoutedDecoder(DecoderEnds):
         return super().active_parameters() - sum(pool) + scaled
 
     def set_training_step(self, step: int, total_steps: int) -> None:
-        """Routes are sampled at a temperature annealed over training."""
+        """Routes are sampled at a temperature annealed over training; the first
+        `warm_start_steps` updates route in the fixed order instead. Both follow from the step
+        alone, so a resumed run picks them up where it stopped."""
         self.router.temperature = temperature_at(self.routing, step, total_steps)
+        self.warm_starting = step < self.routing.warm_start_steps
 
     def set_trained_steps(self, steps: int, total_steps: int) -> None:
-        """Sampled routes (evaluation, analysis) at the temperature training had reached."""
+        """Sampled routes (evaluation, analysis) at the temperature training had reached, and in
+        the fixed order if every update so far was a warm-start one."""
         self.router.temperature = temperature_after(self.routing, steps, total_steps)
+        self.warm_starting = max(steps - 1, 0) < self.routing.warm_start_steps
 
     def seed_route_rng(self, derive: Callable[[int], int]) -> None:
         self.router.seed_generator(derive(self.routing.seed))
@@ -152,11 +159,19 @@ class RoutedDecoder(DecoderEnds):
         `cache`: the first call routes as usual and stores the route; later calls reuse it."""
         if route is not None and route.shape != (tokens.shape[0], self.n_steps):
             raise ValueError(f"route must have shape (batch, steps) = {(tokens.shape[0], self.n_steps)}")
+        if route is not None and self.routing.pools == "per_step":
+            first = torch.tensor([own.start for own in self.router.step_layers], device=route.device)
+            if bool(((route < first) | (route >= first + len(self.router.step_layers[0]))).any()):
+                raise ValueError(
+                    f"with per-step pools, step k's route must name one of its layers {self.router.step_layers}"
+                )
         fixed = cache.route if cache is not None else None
         if fixed is not None and route is not None and not torch.equal(route, fixed.choices):
             raise ValueError("this KV cache was filled on another route: start a new cache to change routes")
         resid = self.embed_tokens(tokens, cache.length if cache is not None else 0)
         all_choices, all_logits, all_probabilities = [], [], []
+        idle = set(range(self.pool_size))  # pool layers no step has run yet
+        learned = self.routing.route_policy == "learned" and not self.warm_starting
         for step in range(self.n_steps):
             if fixed is None:
                 logits = self.router(resid, step)
@@ -164,13 +179,15 @@ class RoutedDecoder(DecoderEnds):
                 probabilities = self.router.probabilities(logits)
             else:  # the prefix was read on the first call; these tokens come after it
                 choice, logits, probabilities = fixed.at(step)
-            layer_out = self.pool(resid, choice, key_padding_mask, cache.layers[step] if cache is not None else None)
-            learned = self.routing.route_policy == "learned"
+            layer_out = self.pool(
+                resid, choice, key_padding_mask, cache.layers[step] if cache is not None else None, idle
+            )
             score = choice_score(probabilities, choice, self.routing.gradient) if learned else None
             resid = gate(resid, layer_out, score)
             all_choices.append(choice)
             all_logits.append(logits)
             all_probabilities.append(probabilities)
+        resid = self.pool.keep_in_graph(resid, idle)  # zero gradients for the layers no step ran
         choices = torch.stack(all_choices, dim=1)
         router_logits = torch.stack(all_logits, dim=1)
         router_probabilities = torch.stack(all_probabilities, dim=1)
@@ -181,17 +198,19 @@ class RoutedDecoder(DecoderEnds):
 
     def _choose(self, logits: Float[Tensor, "batch n_pool"], step: int) -> Int[Tensor, " batch"]:
         """The router's choice, or a baseline policy's (`RoutingConfig.route_policy`): "fixed"
-        takes layer k at step k (mod N); "random" draws a layer uniformly, in training from the
-        router's generator, in evaluation from a fresh one seeded with `routing.seed`, so that
-        evaluating never shifts the training stream and always sees the same routes."""
-        policy, batch, pool = self.routing.route_policy, logits.shape[0], self.routing.pool_size
-        if policy == "fixed":
-            return torch.full((batch,), step % pool, dtype=torch.long, device=logits.device)
+        (and the warm start) takes step k's fixed layer (`RoutingConfig.fixed_layer`); "random"
+        draws one of the step's layers uniformly, in training from the router's generator, in
+        evaluation from a fresh one seeded with `routing.seed`, so that evaluating never shifts
+        the training stream and always sees the same routes."""
+        policy, batch = self.routing.route_policy, logits.shape[0]
+        if policy == "fixed" or self.warm_starting:
+            return torch.full((batch,), self._fixed_layers[step], dtype=torch.long, device=logits.device)
         if policy == "random":
             if step == 0 and not self.training:
                 self._eval_generator = torch.Generator().manual_seed(self.routing.seed)
             generator = self.router.generator if self.training else self._eval_generator
-            return torch.randint(pool, (batch,), generator=generator).to(logits.device)
+            own = self.router.step_layers[step]
+            return (torch.randint(len(own), (batch,), generator=generator) + own.start).to(logits.device)
         return self.router.choose(logits)
 
     def _routing_info(
@@ -205,8 +224,11 @@ class RoutedDecoder(DecoderEnds):
             if self._window_counts is not None:
                 counts = counts + self._window_counts
             self._window_counts = counts
-        balance = routing_losses.balance_loss(counts, probabilities)
+        balance = routing_losses.balance_loss(counts, probabilities, len(self.router.step_layers[0]))
         z = routing_losses.z_loss(logits)
+        aux = self.routing.balance_weight * balance + self.routing.z_loss_weight * z
+        if self.warm_starting:  # the router waits: exact zero gradients, still in DDP's graph
+            aux = 0.0 * aux
         return RoutingInfo(
             layer_choices=choices,
             router_logits=logits,
@@ -216,7 +238,7 @@ class RoutedDecoder(DecoderEnds):
             decision_entropy=routing_losses.decision_entropy(probabilities.detach()),
             balance_loss=balance,
             z_loss=z,
-            aux_loss=self.routing.balance_weight * balance + self.routing.z_loss_weight * z,
+            aux_loss=aux,
         )
 
 

@@ -33,12 +33,16 @@ def count_choices(
 
 
 def balance_loss(
-    counts: Float[Tensor, "steps n_pool"], probabilities: Float[Tensor, "batch steps n_pool"]
+    counts: Float[Tensor, "steps n_pool"],
+    probabilities: Float[Tensor, "batch steps n_pool"],
+    choices_per_step: int | None = None,
 ) -> Float[Tensor, ""]:
+    """`choices_per_step`: how many layers each step may choose (N, or N / K with per-step
+    pools), which scales the loss so that even use of them is 1.0 either way."""
     fractions = counts / counts.sum(dim=-1, keepdim=True).clamp_min(1.0)
     mean_probability = probabilities.mean(dim=0)
-    pool_size = counts.shape[-1]
-    return (pool_size * (fractions * mean_probability).sum(dim=-1)).mean()
+    choices = counts.shape[-1] if choices_per_step is None else choices_per_step
+    return (choices * (fractions * mean_probability).sum(dim=-1)).mean()
 
 
 def z_loss(router_logits: Float[Tensor, "batch steps n_pool"]) -> Float[Tensor, ""]:

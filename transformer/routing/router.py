@@ -11,6 +11,9 @@ Training samples a layer by Gumbel-argmax at temperature tau, with noise from th
 own `torch.Generator`, so dropout or any other use of the global RNG cannot shift routes and
 a checkpoint can restore them exactly. Evaluation takes the argmax and draws nothing.
 
+With per-step pools (`RoutingConfig.pools`), step k reads out only its own layers' columns of
+W_R; the others' logits are -inf, so their probability is exactly 0 and no sample picks them.
+
 Token-level routing (each token choosing its layer) would replace the prefix mean by the
 token's own normed residual; `summary` is the one method that would change.
 """
@@ -18,6 +21,7 @@ token's own normed residual; `summary` is the one method that would change.
 import math
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
@@ -31,6 +35,8 @@ class Router(nn.Module):
         super().__init__()
         routing.check_fits(cfg)
         self.prefix_len = routing.route_prefix_len
+        self.pool_size = routing.pool_size
+        self.step_layers = [routing.step_layers(step, cfg.n_layers) for step in range(cfg.n_layers)]
         self.ln = make_norm(cfg)
         self.W_step = nn.Parameter(torch.randn(cfg.n_layers, cfg.d_model) * cfg.init_std)
         self.W_R = nn.Parameter(torch.zeros(cfg.d_model, routing.pool_size))
@@ -53,10 +59,15 @@ class Router(nn.Module):
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"], step: int) -> Float[Tensor, "batch n_pool"]:
         summary = self.summary(resid, step)
+        own = self.step_layers[step]
         # float32 even under bf16 autocast: rounding must not decide routes
         with torch.autocast(summary.device.type, enabled=False):
-            logits: Tensor = summary.float() @ self.W_R.float() + self.b_R.float()
-        return logits
+            if len(own) == self.pool_size:
+                logits: Tensor = summary.float() @ self.W_R.float() + self.b_R.float()
+                return logits
+            readout, bias = self.W_R[:, own.start : own.stop], self.b_R[own.start : own.stop]
+            logits = summary.float() @ readout.float() + bias.float()
+        return F.pad(logits, (own.start, self.pool_size - own.stop), value=-math.inf)
 
     def choose(self, logits: Float[Tensor, "batch n_pool"]) -> Int[Tensor, " batch"]:
         """Training: a sample from softmax(logits / tau). Evaluation: the argmax."""
