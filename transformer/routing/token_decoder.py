@@ -195,7 +195,7 @@ class TokenRoutedDecoder(DecoderEnds):
             logits = self.router(resid, step)
             choice = route[..., step] if route is not None else self._choose(logits, step)
             probabilities = self.router.probabilities(logits)
-            admitted = self.admit(choice, offset, step_cache)
+            admitted = self.admit(choice, probabilities, offset, step_cache)
             layer_out, sizes = self.pool(resid, choice, admitted, offset, step_cache, key_padding_mask)
             used |= {index for index, size in enumerate(sizes) if size}
             score = (
@@ -216,10 +216,16 @@ class TokenRoutedDecoder(DecoderEnds):
         return DecoderOutput(self.logits(resid), aux_loss=info.aux_loss, routing=info)
 
     def admit(
-        self, choice: Int[Tensor, "batch pos"], offset: int, cache: TokenStepCache | None
+        self,
+        choice: Int[Tensor, "batch pos"],
+        probabilities: Float[Tensor, "batch pos n_entries"],
+        offset: int,
+        cache: TokenStepCache | None,
     ) -> Bool[Tensor, "batch pos"]:
         """The tokens a layer takes (transformer/routing/capacity.py): causal, first come first
-        served along positions; a cache carries each sequence's counts to the next call."""
+        served along positions; a cache carries each sequence's counts to the next call. Only
+        the choices count, never the probabilities: ranking a layer's tokens by probability over
+        the whole sequence (expert choice) would let later tokens evict earlier ones."""
         routing = self.routing
         before = cache.taken if cache is not None else None
         admitted, taken = admit(choice, routing.pool_size, routing.n_entries, routing.capacity_factor, offset, before)
