@@ -91,7 +91,7 @@ def generate(
     n_ctx = model.cfg.n_ctx
     was_training = model.training
     model.eval()
-    cache: KVCache | None = KVCache(model.cfg.n_layers)
+    cache: KVCache | None = model.new_cache()
     tokens, fresh = prompt, prompt  # fresh: the tokens the cache has not seen yet
     step_logits = []
     try:

@@ -144,6 +144,11 @@ class DecoderEnds(nn.Module):
     def set_route_rng_state(self, state: Tensor | None) -> None:
         """Continue the route stream from a state `route_rng_state` returned."""
 
+    def new_cache(self) -> KVCache:
+        """An empty KV cache for generation: one `LayerCache` per layer (or routing step). A
+        token-routed decoder keeps more per step (its holes and choices) and makes its own."""
+        return KVCache(self.cfg.n_layers)
+
     def training_metrics(self, output: DecoderOutput) -> dict[str, Any]:
         """What a training log record adds from an optimizer step's last forward `output`."""
         return {}

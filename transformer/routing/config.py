@@ -3,6 +3,11 @@
 The routed decoder applies `ModelConfig.n_layers` layers (its depth, K routing steps), each
 chosen from a pool of `pool_size` layers (N). With N = K and the route forced to step k ->
 layer k, it is exactly the plain decoder.
+
+`granularity` says who chooses: each sequence, from its routing prefix (transformer/routing/decoder.py),
+or each token, from its own residual (transformer/routing/token_decoder.py). The token-level fields
+(`token_attention`, `capacity_factor`, `skip`, `compute_weight`) mean nothing to a sequence-routed
+decoder; `skip` and `compute_weight` are refused there rather than silently ignored.
 """
 
 from dataclasses import asdict, dataclass
@@ -13,6 +18,8 @@ from transformer.model.config import ConfigError, ModelConfig, checked_fields
 GRADIENT_CHOICES = ("p", "log_p", "log_p_baseline", "none")
 POLICY_CHOICES = ("learned", "random", "fixed")
 POOLS_CHOICES = ("shared", "per_step")
+GRANULARITY_CHOICES = ("sequence", "token")
+TOKEN_ATTENTION_CHOICES = ("all", "co_routed")
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,12 @@ class RoutingConfig:
     seed: int = 0  # seeds the router's own generator (mixed with the rank: see distributed.stream_seed)
     pools: str = "shared"  # "per_step": step k chooses only among its own N / K layers
     warm_start_steps: int = 0  # S: the first S training updates route step k -> its fixed layer
+    granularity: str = "sequence"  # "token": every token chooses its own layer at every step
+    # token routing only ------------------------------------------------------------------
+    token_attention: str = "all"  # a layer's queries see the keys of every token processed at the step, or "co_routed"
+    capacity_factor: float | None = 1.25  # a layer takes <= ceil(cf * pos / entries) of a sequence's first pos tokens
+    skip: bool = False  # an identity entry in the pool: a token may take no layer at a step
+    compute_weight: float = 0.0  # penalty per expected layer a token goes through (needs skip)
 
     def __post_init__(self) -> None:
         if not isinstance(self.pool_size, int) or self.pool_size < 1:
@@ -55,6 +68,40 @@ class RoutingConfig:
             or self.warm_start_steps < 0
         ):
             raise ConfigError(f"warm_start_steps={self.warm_start_steps!r} must be a non-negative integer (0: none)")
+        self._check_token_fields()
+
+    def _check_token_fields(self) -> None:
+        if self.granularity not in GRANULARITY_CHOICES:
+            raise ConfigError(f"granularity={self.granularity!r} is not one of {list(GRANULARITY_CHOICES)}")
+        if self.token_attention not in TOKEN_ATTENTION_CHOICES:
+            raise ConfigError(f"token_attention={self.token_attention!r} is not one of {list(TOKEN_ATTENTION_CHOICES)}")
+        factor = self.capacity_factor
+        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, float) or not factor > 0):
+            raise ConfigError(
+                f"capacity_factor={factor!r} must be > 0 (e.g. 1.25; below 1 forces tokens to skip), or null for none"
+            )
+        if not isinstance(self.skip, bool):
+            raise ConfigError(f"skip={self.skip!r} must be true or false")
+        if not self.compute_weight >= 0:
+            raise ConfigError(f"compute_weight={self.compute_weight} must be >= 0")
+        if self.granularity == "sequence" and (self.skip or self.compute_weight):
+            raise ConfigError(
+                "skip and compute_weight apply to token routing only: set granularity: token, or remove them"
+            )
+        if self.granularity == "token" and (self.pools != "shared" or self.warm_start_steps):
+            raise ConfigError(
+                "pools and warm_start_steps apply to sequence routing only: remove them, or set granularity: sequence"
+            )
+        if self.compute_weight and not self.skip:
+            raise ConfigError(
+                f"compute_weight={self.compute_weight} needs skip: true: without the identity entry every "
+                "token goes through every step's layer, so there is no compute to save"
+            )
+
+    @property
+    def n_entries(self) -> int:
+        """What a token-level router chooses among: the pool's layers, then the skip entry."""
+        return self.pool_size + int(self.skip)
 
     def check_fits(self, model: ModelConfig) -> None:
         if self.route_prefix_len > model.n_ctx:

@@ -16,6 +16,7 @@ from transformer.model.config import ConfigError, ModelConfig, checked_fields
 from transformer.model.decoder import Decoder, DecoderEnds
 from transformer.routing.config import RoutingConfig
 from transformer.routing.decoder import RoutedDecoder
+from transformer.routing.token_decoder import TokenRoutedDecoder
 
 SECTIONS = ("model", "routing", "train")
 
@@ -133,6 +134,8 @@ def build_model(config: RunConfig) -> DecoderEnds:
     (`RunConfig.with_vocab`)."""
     if config.routing is None:
         return Decoder(config.model)
+    if config.routing.granularity == "token":
+        return TokenRoutedDecoder(config.model, config.routing)
     return RoutedDecoder(config.model, config.routing)
 
 
