@@ -142,7 +142,7 @@ class _SegmentMemo:
 
     def _clear(self) -> None:
         self.index: dict[str, int] = {}
-        self.flat = np.zeros(1 << 16, dtype=np.int64)  # every known segment's ids, end to end
+        self.flat = np.zeros(1 << 16, dtype=np.int32)  # every known segment's ids, end to end
         self.starts = np.zeros(1 << 12, dtype=np.int64)
         self.lengths = np.zeros(1 << 12, dtype=np.int64)
         self.used = 0
