@@ -52,7 +52,7 @@ def test_verify_reports_damage_in_one_line(tmp_path: Path, capsys: pytest.Captur
     ("extra", "message"),
     [
         (["--tokenizer", "bpe"], "--tokenizer bpe needs --vocab-size"),
-        (["--tokenizer", "char", "--memory-mb", "4"], "memory_mb >= 16"),
+        (["--tokenizer", "char", "--memory-mb", "4"], "memory_mb >= 32"),
         (["--tokenizer", "nowhere.json"], "no tokenizer file at nowhere.json"),
     ],
 )

@@ -49,9 +49,11 @@ def add_data_commands(subparsers: Any) -> None:
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=int, default=0, help="encoding processes (default: one per core)")
     parser.add_argument(
-        "--memory-mb", type=int, default=512, help="budget for text and ids in flight, all processes (default 512)"
+        "--workers", type=int, default=0, help="encoding processes (default: one per core for bpe, 1 for char)"
+    )
+    parser.add_argument(
+        "--memory-mb", type=int, default=512, help="what preparing may hold, all processes together (default 512)"
     )
 
 

@@ -11,7 +11,6 @@ removes what it wrote, since it cannot be resumed without changing the source.
 """
 
 import contextlib
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,23 +39,27 @@ from transformer.data.workers import available_cores, encode_in_order
 from transformer.errors import UserError
 
 # Text is encoded in pieces of at most CHUNK characters (a longer one only where a line has no
-# safe cut). Then every temporary of one encode call stays under glibc's 128 KiB mmap threshold
-# and is reused from the heap: with 1 MB pieces the heap fragments and a process grows by tens
-# of megabytes more, for no speed (bench/data_prep.py measured both). Worker processes get
-# pieces in batches of BATCH characters, so each round trip carries enough work.
+# safe cut). Then every temporary of one encode call stays near glibc's 128 KiB mmap threshold
+# and is reused from the heap. Measured on a 64 MB corpus, one process: 32K pieces grow it by
+# 6 MB (char) and 9 MB (BPE); 1 MB pieces by 35 and 52 MB, as the heap fragments; the speed is
+# the same. Worker processes get pieces in batches of BATCH characters, so that each round
+# trip carries enough work.
 CHUNK = 1 << 15
 BATCH = 1 << 18
 # What the budget must cover besides the memo, per process: the char kind's code-point table
-# (4.4 MB), the pieces and ids in flight, the interpreter's and numpy's small allocations.
-FIXED_MB = 8
-MEMO_BYTES_PER_ENTRY = 256  # a segment in the dict, its ids, and the arrays' doubling slack
+# (4.4 MB), the pieces and ids in flight, HF's encodings of a piece's new segments, small
+# allocations. On 30 MB of text whose every word is new (the memo filled and cleared again and
+# again), a 32 MB budget grew one process by 26 MB, a 64 MB budget by 44 MB.
+FIXED_MB = 16
+MEMO_BYTES_PER_ENTRY = 400  # a segment in the dict, its ids, the arrays' doubling slack: measured
 MIN_MEMORY_MB = 2 * FIXED_MB
 SMALL_CORPUS = 8 << 20
 
 
 @dataclass(frozen=True)
 class PrepareSettings:
-    """workers: encoding processes (0: one per available core; 1: this process alone).
+    """workers: encoding processes (0: one per available core for BPE, this process for char;
+    1: this process alone).
     memory_mb: the most that preparing adds to memory, all its processes together (text and ids
     in flight, the BPE segment memo, tables); each worker process's interpreter (~60 MB) is on
     top. Most of it goes to the memo, which makes BPE faster the more segments it remembers.
@@ -73,12 +76,15 @@ class PrepareSettings:
                 f"{self.memory_mb}, {self.shard_mb}"
             )
 
-    def resolved_workers(self, total_bytes: int | None = None) -> int:
-        """The workers asked for; by default one per core, or this process alone for a corpus so
-        small (under SMALL_CORPUS bytes) that starting processes would take longer than encoding."""
+    def resolved_workers(self, total_bytes: int | None = None, kind: str = "bpe") -> int:
+        """The workers asked for; by default one per core for BPE, and this process alone for the
+        char kind (its table lookup runs at ~100 MB/s, faster than pipes to workers carry text)
+        or for a corpus so small (under SMALL_CORPUS bytes) that starting processes would take
+        longer than encoding it."""
         if self.workers:
             return self.workers
-        return 1 if total_bytes is not None and total_bytes < SMALL_CORPUS else available_cores()
+        small = total_bytes is not None and total_bytes < SMALL_CORPUS
+        return 1 if small or kind == "char" else available_cores()
 
     def plan(self, workers: int) -> tuple[int, int, int]:
         """(characters per batch, batches in flight, memo entries per encoding process)."""
@@ -174,7 +180,7 @@ def _run(
     resume: dict[str, Any] = manifest["shards"][-1]["resume"] if manifest["shards"] else {"position": [0, 0], "skip": 0}
     position, skip = (int(resume["position"][0]), int(resume["position"][1])), int(resume["skip"])
     total = source.total_bytes()
-    workers = settings.resolved_workers(total)
+    workers = settings.resolved_workers(total, tokenizer.kind)
     batch, in_flight, memo_entries = settings.plan(workers)
     dtype = np.dtype(manifest["dtype"])
     writer = ShardWriter(folder, manifest, tokenizer.eot_id)
@@ -248,8 +254,3 @@ def _locked(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def remove_folder(folder: Path) -> None:
-    """A whole prepared folder, gone (for caches that are rebuilt from scratch)."""
-    shutil.rmtree(folder, ignore_errors=True)

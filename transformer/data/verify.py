@@ -33,7 +33,7 @@ def verify_prepared(folder: Path, settings: PrepareSettings | None = None) -> di
     unchanged = source.identity() == manifest["recipe"]["source"]
     shards, ends = open_shards(folder, manifest)
     starts = np.concatenate([[0], np.cumsum([len(s) for s in shards])])
-    workers = settings.resolved_workers(source.total_bytes())
+    workers = settings.resolved_workers(source.total_bytes(), tokenizer.kind)
     batch_chars, in_flight, memo_entries = settings.plan(workers)
     eot = np.array([tokenizer.eot_id])
     position, document = 0, 0

@@ -5,7 +5,9 @@ worker is started with "spawn" (a fresh interpreter: no torch, no inherited thre
 HF's thread pool forked half-way) and builds its own encoder from the tokenizer's JSON. The
 caller's batches go out in order and come back in order; at most `in_flight` are out at once, so
 memory does not grow with the corpus when the reader is faster than the encoders
-(`ProcessPoolExecutor.map` would read the whole input first).
+(`ProcessPoolExecutor.map` would read the whole input first). As with any use of "spawn", a
+script that prepares with several workers must start from `if __name__ == "__main__":`, since
+each worker imports the script's module (the `transformer` command already does).
 """
 
 import multiprocessing
