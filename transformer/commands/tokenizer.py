@@ -55,7 +55,10 @@ _DATA_HELP = "builtin (default), a text file, a folder of .txt/.md files, or hf:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from transformer.commands.errors import CommandError
+    from transformer.data.bulk import BulkEncoder
     from transformer.data.sources import DEFAULT_SAMPLE_MB, open_source, sample_documents
     from transformer.data.tokenizer import train_tokenizer
 
@@ -66,7 +69,8 @@ def _train(args: argparse.Namespace) -> int:
     tokenizer = train_tokenizer(args.kind, documents, args.vocab_size)
     tokenizer.save(args.out)
     n_characters = sum(len(document) for document in documents)
-    n_tokens = sum(len(ids) for ids in tokenizer.encode_batch_numpy(list(documents)))
+    encoder = BulkEncoder(tokenizer, np.dtype(np.uint32))  # HF's Encodings of 64 MB would fill gigabytes
+    n_tokens = sum(len(encoder.encode(document)) for document in documents)
     print(
         f"trained a {tokenizer.kind} tokenizer: {tokenizer.vocab_size:,} tokens "
         f"(256 bytes + <|endoftext|> + {tokenizer.vocab_size - 257:,} learned)"
