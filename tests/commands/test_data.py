@@ -54,13 +54,19 @@ def test_verify_reports_damage_in_one_line(tmp_path: Path, capsys: pytest.Captur
         (["--tokenizer", "bpe"], "--tokenizer bpe needs --vocab-size"),
         (["--tokenizer", "char", "--memory-mb", "4"], "memory_mb >= 32"),
         (["--tokenizer", "nowhere.json"], "no tokenizer file at nowhere.json"),
+        (["--tokenizer", "char", "--out", "corpus/doc00.txt"], "is a file, not a folder for prepared tokens"),
     ],
 )
 def test_prepare_errors_are_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    extra: list[str],
+    message: str,
 ) -> None:
     corpus = write_corpus(tmp_path / "corpus")
-    code, _, error = run_cli(["data", "prepare", str(corpus), "--out", str(tmp_path / "out"), *extra], capsys)
+    monkeypatch.chdir(tmp_path)
+    code, _, error = run_cli(["data", "prepare", str(corpus), "--out", "out", *extra], capsys)
     assert code == 2 and message in error and error.count("\n") == 1
 
 

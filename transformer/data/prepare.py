@@ -104,9 +104,13 @@ def prepare_tokens(
     settings: PrepareSettings | None = None,
     remove_on_error: bool = True,
 ) -> dict[str, Any]:
-    """Fills `folder` with `source`'s tokens (or resumes, or finds them done); returns the manifest."""
+    """Fills `folder` with `source`'s tokens (or resumes, or finds them done); returns the manifest.
+    With several workers, a script calling this must start from `if __name__ == "__main__":`
+    (transformer/data/workers.py says why)."""
     settings = settings or PrepareSettings()
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder} is a file, not a folder for prepared tokens")
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder):
         manifest = _start(source, tokenizer, folder, settings)

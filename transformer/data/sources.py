@@ -192,11 +192,12 @@ class HfSource(Source):
 
     def _documents(self, first: int) -> Iterator[tuple[int, Any]]:
         rows = _hf_rows(self.spec, self.name, self.split, self.field)
+        skipped = 0
         if first and hasattr(rows, "skip"):
-            rows = rows.skip(first)
-        else:
-            first = 0
-        for index, row in enumerate(rows, start=first):
+            rows, skipped = rows.skip(first), first  # read past, not decoded into documents
+        for index, row in enumerate(rows, start=skipped):
+            if index < first:
+                continue
             if self.field not in row:
                 raise DataError(f"{self.spec}: no field {self.field!r}; the dataset has {', '.join(row)}")
             text = row[self.field]
