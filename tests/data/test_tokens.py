@@ -179,13 +179,17 @@ def test_ids_outside_the_vocabulary_are_rejected_when_writing(tokenizer: TextTok
 def test_ids_outside_the_vocabulary_are_rejected_when_loading(
     documents: list[str], tokenizer: TextTokenizer, data: TokenData, tmp_path: Path
 ) -> None:
+    """Opening does not read the tokens (that would cost seconds per gigabyte at every start), so
+    damage is caught where it would do harm: in the first window that holds it."""
     assert data.directory is not None
-    corrupted = np.memmap(data.directory / "train.bin", dtype=np.uint16, mode="r+")
-    corrupted[5] = 65_535
+    corrupted = np.memmap(data.directory / "shard-000000.bin", dtype=np.uint16, mode="r+")
+    corrupted[5] = 65_535  # inside document 0, a training document
     corrupted.flush()
     del corrupted
+    again = prepare_data(documents, tokenizer, tmp_path / "cache")
+    whole = len(again.train) - 1  # one window: the whole split
     with pytest.raises(DataError, match="token id 65535 is outside the vocabulary.*delete the folder"):
-        prepare_data(documents, tokenizer, tmp_path / "cache")
+        again.sample_windows("train", 1, whole, torch.Generator().manual_seed(0))
 
 
 # --- the cache ------------------------------------------------------------------------------------
@@ -205,8 +209,9 @@ def test_cache_is_reused_without_tokenising(
     np.testing.assert_array_equal(again.train, data.train)
     np.testing.assert_array_equal(again.val, data.val)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [data.directory.name]  # no temp folders left
-    meta = json.loads((data.directory / "meta.json").read_text())
-    assert (meta["train_tokens"], meta["val_tokens"]) == (len(data.train), len(data.val))
+    manifest = json.loads((data.directory / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["tokens"] == len(data.train) + len(data.val)
+    assert manifest["documents"] == len(documents)
 
 
 @pytest.mark.parametrize("change", ["tokenizer", "corpus", "val_fraction"])
@@ -226,8 +231,8 @@ def test_incomplete_cache_is_rebuilt(
 ) -> None:
     assert data.directory is not None
     expected = np.array(data.val)
-    (data.directory / "val.bin").unlink()  # (not truncated in place: `data` still maps the old file)
-    (data.directory / "val.bin").write_bytes(b"\x00\x00")  # sizes now disagree with meta.json
+    (data.directory / "shard-000000.bin").unlink()  # (not truncated in place: `data` still maps the old file)
+    (data.directory / "shard-000000.bin").write_bytes(b"\x00\x00")  # sizes now disagree with the manifest
     rebuilt = prepare_data(documents, tokenizer, tmp_path / "cache")
     assert rebuilt.directory == data.directory
     np.testing.assert_array_equal(rebuilt.val, expected)

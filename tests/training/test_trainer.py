@@ -124,6 +124,26 @@ def _all_nan(objective: Objective) -> Objective:
     return objective
 
 
+def test_a_prepared_folder_trains_exactly_like_its_source(tmp_path: Path) -> None:
+    """train.data=DIR, prepared once by `transformer data prepare`, and train.data=FOLDER, prepared
+    into the cache at start, are the same run: same tokens, same windows, same weights."""
+    from_source = tiny_run_config(tmp_path / "a", False)
+    train(from_source)
+    prepared = tmp_path / "prepared"
+    assert main(["data", "prepare", from_source.train.data, "--tokenizer", "char", "--out", str(prepared)]) == 0
+    from_folder = tiny_run_config(tmp_path / "b", False, f"train.data={prepared}")
+    train(from_folder)
+    a, b = _weights(Path(from_source.train.out_dir)), _weights(Path(from_folder.train.out_dir))
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    logs = [read_log(Path(c.train.out_dir) / "metrics.jsonl") for c in (from_source, from_folder)]
+    assert [(r["kind"], r.get("loss")) for r in logs[0]] == [(r["kind"], r.get("loss")) for r in logs[1]]
+    wrong = tiny_run_config(
+        tmp_path / "c", False, f"train.data={prepared}", "train.tokenizer=bpe", "train.vocab_size=300"
+    )
+    with pytest.raises(TrainingError, match="was prepared with a char tokenizer, not bpe"):
+        train(wrong)
+
+
 def test_cli_trains_and_reports_errors_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tiny_run_config(tmp_path, True)
     corpus, out = config.train.data, config.train.out_dir

@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from transformer.commands.data import add_data_commands
 from transformer.commands.eval import add_eval_command
 from transformer.commands.generate import add_generate_commands
 from transformer.commands.plot import add_plot_command
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_train_command(commands)
     add_tokenizer_commands(commands)
+    add_data_commands(commands)
     add_generate_commands(commands)
     add_plot_command(commands)
     add_eval_command(commands)

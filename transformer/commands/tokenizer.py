@@ -25,6 +25,12 @@ def add_tokenizer_commands(subparsers: Any) -> None:
         "char: optional cap (most frequent characters kept)",
     )
     train.add_argument("--data", default=None, help=_DATA_HELP)
+    train.add_argument(
+        "--sample-mb",
+        type=int,
+        default=None,
+        help="learn from at most this much of the corpus, spread over it (default 64; all of a smaller one)",
+    )
     train.add_argument("--out", type=Path, required=True, help="tokenizer.json path (or a folder for it)")
     train.set_defaults(handler=_train, prog=train.prog)
 
@@ -49,14 +55,22 @@ _DATA_HELP = "builtin (default), a text file, a folder of .txt/.md files, or hf:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from transformer.data.corpus import load_documents
+    import numpy as np
+
+    from transformer.commands.errors import CommandError
+    from transformer.data.bulk import BulkEncoder
+    from transformer.data.sources import DEFAULT_SAMPLE_MB, open_source, sample_documents
     from transformer.data.tokenizer import train_tokenizer
 
-    documents = load_documents(args.data)
+    sample_mb = DEFAULT_SAMPLE_MB if args.sample_mb is None else args.sample_mb
+    if sample_mb < 1:
+        raise CommandError(f"--sample-mb must be at least 1, got {sample_mb}")
+    documents = sample_documents(args.data, sample_mb << 20)  # a large corpus is not read whole
     tokenizer = train_tokenizer(args.kind, documents, args.vocab_size)
     tokenizer.save(args.out)
     n_characters = sum(len(document) for document in documents)
-    n_tokens = sum(len(ids) for ids in tokenizer.encode_batch_numpy(list(documents)))
+    encoder = BulkEncoder(tokenizer, np.dtype(np.uint32))  # HF's Encodings of 64 MB would fill gigabytes
+    n_tokens = sum(len(encoder.encode(document)) for document in documents)
     print(
         f"trained a {tokenizer.kind} tokenizer: {tokenizer.vocab_size:,} tokens "
         f"(256 bytes + <|endoftext|> + {tokenizer.vocab_size - 257:,} learned)"
@@ -66,8 +80,10 @@ def _train(args: argparse.Namespace) -> int:
             f"  (asked for {args.vocab_size:,}: the corpus has no more "
             f"{'characters' if tokenizer.kind == 'char' else 'pairs seen twice'} to add)"
         )
+    total = open_source(args.data).total_bytes()
+    learned_from = "corpus" if total is not None and total <= sample_mb << 20 else "sample of the corpus"
     print(
-        f"corpus: {len(documents):,} documents, {n_characters:,} characters -> {n_tokens:,} tokens "
+        f"{learned_from}: {len(documents):,} documents, {n_characters:,} characters -> {n_tokens:,} tokens "
         f"({n_characters / max(n_tokens, 1):.2f} characters per token)"
     )
     print(f"wrote {args.out}; `transformer tokenizer analyze --tokenizer {args.out}` suggests a vocab size")

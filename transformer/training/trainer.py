@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from transformer.data.corpus import load_documents
+from transformer.data.sources import sample_documents
 from transformer.data.tokenizer import TextTokenizer, train_tokenizer
-from transformer.data.tokens import TokenData, prepare_corpus
+from transformer.data.tokens import TokenData, prepare_corpus, prepared_tokenizer
 from transformer.errors import UserError
 from transformer.inference.generation import generate
 from transformer.model.decoder import DecoderOutput
@@ -131,11 +131,20 @@ class _Run:
         if state is not None:
             return TextTokenizer.from_json(state["tokenizer"])
         choice = self.settings.tokenizer
+        prepared = prepared_tokenizer(self.settings.data)
+        if prepared is not None and choice in ("char", "bpe"):
+            # Ids made with one tokenizer mean nothing to another: a prepared folder brings its own.
+            if choice != prepared.kind:
+                raise TrainingError(
+                    f"train.data={self.settings.data} was prepared with a {prepared.kind} tokenizer, not {choice}: "
+                    f"set train.tokenizer={Path(self.settings.data) / 'tokenizer.json'}"
+                )
+            return prepared
         if choice not in ("char", "bpe"):
             return TextTokenizer.load(Path(choice))
         path = self.run_dir / "tokenizer.json"
         if self.process.is_main:
-            documents = load_documents(self.settings.data)
+            documents = sample_documents(self.settings.data)  # a bounded sample of a large corpus
             train_tokenizer(choice, documents, self.settings.vocab_size).save(path)
         self._barrier()
         return TextTokenizer.load(path)
