@@ -88,7 +88,9 @@ def routes_command(args: argparse.Namespace) -> dict[str, Any]:
         picked = pick_windows(windows, args.windows, generator)
         paths += as_paths(argmax_choices(model, picked))
         window_labels += [label] * len(picked)
-    report = analyse_routes(paths, window_labels, model.routing.pool_size, args.permutations, args.seed, labels)
+    report = analyse_routes(
+        paths, window_labels, model.pool_size, args.permutations, args.seed, labels, model.choices_per_step
+    )
     return {
         "run": str(args.run),
         "checkpoint": str(run.checkpoint),
