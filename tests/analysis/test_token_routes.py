@@ -2,6 +2,8 @@
 router built to send digits to layer 0 and letters to layer 1 carries I(choice; class) far above
 the shuffled baseline, a uniformly random one carries none, and classes are what they say."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -72,7 +74,7 @@ def class_forced_model(tokenizer: TextTokenizer) -> TokenRoutedDecoder:
     return model
 
 
-def report_of(model: TokenRoutedDecoder, tokenizer: TextTokenizer, windows: torch.Tensor) -> dict:  # type: ignore[type-arg]
+def report_of(model: TokenRoutedDecoder, tokenizer: TextTokenizer, windows: torch.Tensor) -> dict[str, Any]:
     choices, processed = token_choices(model, windows, batch_size=10)
     classes = token_classes(windows.flatten().tolist(), tokenizer)
     positions = np.tile(np.arange(N_CTX), len(windows))
