@@ -163,3 +163,18 @@ def test_argmax_choices_are_the_routes_the_model_takes() -> None:
     assert torch.equal(choices, routed(windows).routing.layer_choices)
     assert len(set(as_paths(choices))) > 1  # not one path for all: the check means something
     assert as_paths(torch.tensor([[0, 2, 1]])) == [(0, 2, 1)]
+
+
+def test_with_per_step_pools_a_path_is_one_of_n_over_k_layers_at_each_of_k_steps() -> None:
+    """N = 4 pool layers, K = 2 steps: shared pools allow 4^2 = 16 paths, per-step pools (step 0
+    owns layers 0-1, step 1 layers 2-3) only 2^2 = 4."""
+    cfg = tiny_config(n_layers=2)
+    per_step = RoutedDecoder(cfg, RoutingConfig(pool_size=4, route_prefix_len=3, pools="per_step"))
+    shared = RoutedDecoder(cfg, RoutingConfig(pool_size=4, route_prefix_len=3))
+    assert (per_step.pool_size, per_step.choices_per_step, shared.choices_per_step) == (4, 2, 4)
+    paths = [(0, 2), (1, 3), (0, 3), (1, 2)] * 3
+    report = analyse_routes(paths, ["a", "b"] * 6, per_step.pool_size, 5, 0, None, per_step.choices_per_step)
+    assert (report.distinct_paths, report.possible_paths) == (4, 4)
+    assert len(report.usage[0]) == 4  # usage still over the whole pool: step 0 never uses 2 or 3
+    assert report.usage[0][2:] == [0.0, 0.0] and report.as_dict()["possible_paths"] == 4
+    assert analyse_routes(paths, ["a"] * 12, shared.pool_size, 5).possible_paths == 16

@@ -198,3 +198,44 @@ def test_cuda_on_a_machine_without_it_is_a_one_line_error(
         "transformer eval: error: --device=cuda: no CUDA device is available here; use --device=cpu "
         "(or --device=auto, which takes CUDA where there is one)\n"
     )
+
+
+@pytest.fixture(scope="module")
+def token_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A tiny token-routed run with a skip entry (6 steps)."""
+    root = tmp_path_factory.mktemp("eval_token_run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRANSFORMER_CACHE", str(root / "cache"))
+        config = tiny_run_config(root, True, "routing.granularity=token", "routing.skip=true")
+        train(config)
+        yield Path(config.train.out_dir)
+
+
+def test_a_token_routed_run_reports_every_target_and_the_work_its_routes_did(
+    token_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(["eval", "--run", str(token_run), "--json", "--route-samples", "1"], capsys)
+    assert code == 0, err
+    record = json.loads(out)
+    windows = validation_windows(token_run)[: record["windows"]]
+    model = load_trained(token_run).model
+    model.eval()
+    with torch.no_grad():
+        output = model(windows[:, :-1])
+    info = output.routing
+    n_layers = 3  # tiny_run_config's pool; entry 3 is skip
+    assert record["granularity"] == "token" and record["scored_targets_per_window"] == N_CTX
+    assert record["loss"] == pytest.approx(float(lm_loss(output.logits, windows[:, 1:], 0)), abs=1e-5)
+    assert all(len(step) == n_layers + 1 and sum(step) == pytest.approx(1.0) for step in record["usage"])
+    choices, processed = info.layer_choices, info.processed
+    assert record["layers_per_token"] == pytest.approx(float(processed.sum(-1).float().mean()), abs=1e-6)
+    assert record["skip_fraction"] == pytest.approx(float((choices == n_layers).float().mean()), abs=1e-6)
+    wanted = choices < n_layers
+    dropped = float((wanted & ~processed).sum() / wanted.sum())
+    assert record["dropped_fraction"] == pytest.approx(dropped, abs=1e-6)
+    assert record["sampled_route_loss"] is not None and record["route_temperature"] == model.route_temperature
+
+    code, out, _ = run_cli(["eval", "--run", str(token_run), "--route-samples", "0"], capsys)
+    assert "token-routed model's rule: every target" in out
+    assert f"layers per token {record['layers_per_token']:.3f} of 2 steps" in out
+    assert f"skip {record['skip_fraction']:.3f} of choices" in out

@@ -114,6 +114,7 @@ def test_a_plain_run_or_a_bad_request_is_a_one_line_error(
         ],
         "does not exist": ["--run", str(tmp_path / "nowhere"), "--data", str(setup["syntax"])],
         "no such file": ["--run", str(setup["routed"]), "--data", str(tmp_path / "missing.txt")],
+        "draw token routes": ["--run", str(setup["routed"]), "--data", str(setup["syntax"]), "--figure", "f.png"],
     }
     for message, args in cases.items():
         code, out, err = run_cli(["routes", *args], capsys)

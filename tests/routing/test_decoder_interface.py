@@ -182,3 +182,25 @@ def test_as_routed_types_a_routed_decoder_and_refuses_a_plain_one_in_one_line() 
     assert isinstance(refused.value, UserError)
     message = str(refused.value)
     assert message.startswith("a route table needs a routed decoder") and "\n" not in message
+
+
+def test_what_a_route_decision_covers_its_temperature_and_choices_per_step() -> None:
+    """So eval and routes ask the decoder instead of checking its class."""
+    from tests.helpers.token_models import token_model
+    from transformer.routing.token_decoder import as_token_routed
+
+    token = token_model(skip=True)
+    sequence = routed()
+    sequence.router.temperature = 0.7
+    token.router.temperature = 0.3
+    assert (plain().route_granularity, sequence.route_granularity, token.route_granularity) == (
+        None,
+        "sequence",
+        "token",
+    )
+    assert (plain().route_temperature, sequence.route_temperature, token.route_temperature) == (None, 0.7, 0.3)
+    assert (plain().choices_per_step, sequence.choices_per_step, token.choices_per_step) == (1, POOL, 3 + 1)
+    assert plain().applied_counts(None) is None and plain().work_metrics(torch.ones(2, 1), torch.ones(2, 1)) == {}
+    assert as_token_routed(token) is token
+    with pytest.raises(NotRoutedError, match="needs a token-routed decoder, not a RoutedDecoder"):
+        as_token_routed(sequence)

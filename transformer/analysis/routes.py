@@ -228,6 +228,7 @@ class RouteReport:
     labels: list[str]
     windows_per_label: dict[str, int]
     pool_size: int
+    choices_per_step: int  # the pool_size layers when shared; with per-step pools a step's N / K
     n_steps: int
     path_counts: dict[RoutePath, dict[str, int]]  # most used path first
     usage: list[list[float]]  # [steps][pool]: fraction of windows sent to each layer
@@ -243,13 +244,14 @@ class RouteReport:
 
     @property
     def possible_paths(self) -> int:
-        return int(self.pool_size**self.n_steps)
+        return int(self.choices_per_step**self.n_steps)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "labels": self.labels,
             "windows_per_label": self.windows_per_label,
             "pool_size": self.pool_size,
+            "choices_per_step": self.choices_per_step,
             "steps": self.n_steps,
             "paths": [
                 {"path": list(path), "counts": counts, "total": sum(counts.values())}
@@ -273,8 +275,11 @@ def analyse_routes(
     permutations: int = 100,
     seed: int = 0,
     label_order: Sequence[str] | None = None,
+    choices_per_step: int | None = None,
 ) -> RouteReport:
-    """Everything `transformer routes` prints, from one path and one label per window."""
+    """Everything `transformer routes` prints, from one path and one label per window.
+    `choices_per_step`: the layers one step may pick (default all `pool_size`; with per-step
+    pools N / K), which sets how many paths are possible."""
     if len(paths) != len(labels) or not paths:
         raise ValueError(f"need one label per path and at least one window, got {len(paths)} and {len(labels)}")
     n_steps = len(paths[0])
@@ -292,6 +297,7 @@ def analyse_routes(
         labels=order,
         windows_per_label={label: per_label[label] for label in order},
         pool_size=pool_size,
+        choices_per_step=pool_size if choices_per_step is None else choices_per_step,
         n_steps=n_steps,
         path_counts=path_counts,
         usage=(layer_counts / len(paths)).tolist(),

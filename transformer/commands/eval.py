@@ -78,7 +78,6 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
 
     from transformer.analysis.routes import pick_windows, scored_loss, tiled_windows
     from transformer.inference.loading import load_trained
-    from transformer.routing.decoder import as_routed
     from transformer.training.evaluation import evaluate
     from transformer.training.objective import first_scored_target
 
@@ -123,11 +122,12 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
         "scored_targets_per_window": n_ctx - max(first, 1) + 1,
     }
     record["scored_targets"] = record["windows"] * record["scored_targets_per_window"]
-    if routed and run.config.routing is not None:
+    if routed:
         record.update(
+            granularity=model.route_granularity,
             route_prefix_len=own_first,
             route_samples=samples,
-            route_temperature=as_routed(model).router.temperature,
+            route_temperature=model.route_temperature,
             seed=args.seed,
         )
     rescore = first != own_first  # usage and entropies do not depend on the targets; the losses do
@@ -144,6 +144,7 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
             usage=evaluation.usage,
             usage_entropy=evaluation.usage_entropy,
             decision_entropy=evaluation.decision_entropy,
+            **evaluation.work,
         )
     return record
 
@@ -208,8 +209,17 @@ def summary(record: dict[str, Any]) -> str:
                 f"temperature {record['route_temperature']:.3f}, seed {record['seed']})"
             )
         pool = len(record["usage"][0])
+        token = record.get("granularity") == "token"
+        what = "entry usage (layers, then skip)" if "skip_fraction" in record else "layer usage"
         for step, fractions in enumerate(record["usage"]):
-            lines.append(f"layer usage at step {step} (argmax routes): " + " ".join(f"{f:.2f}" for f in fractions))
+            per = ", per token" if token else ""
+            lines.append(f"{what} at step {step} (argmax routes{per}): " + " ".join(f"{f:.2f}" for f in fractions))
+        if token:
+            skipped = f", skip {record['skip_fraction']:.3f} of choices" if "skip_fraction" in record else ""
+            lines.append(
+                f"layers per token {record['layers_per_token']:.3f} of {len(record['usage'])} steps; "
+                f"dropped (over capacity) {record['dropped_fraction']:.3f} of layer requests{skipped}"
+            )
         lines.append(
             f"usage entropy {record['usage_entropy']:.3f} nats, decision entropy {record['decision_entropy']:.3f} "
             f"nats (ln {pool} = {math.log(pool):.3f} is even use / a coin flip)"
@@ -224,7 +234,9 @@ def _targets_line(record: dict[str, Any]) -> str:
         f"targets at positions {shown}..{record['window_tokens'] - 1} of each window "
         f"({record['scored_targets_per_window']} per window, {record['scored_targets']:,} in all)"
     )
-    if first == own and record["decoder"] == "routed":
+    if first == own and record.get("granularity") == "token":
+        why = "the token-routed model's rule: every target (each token's route reads only tokens up to it)"
+    elif first == own and record["decoder"] == "routed":
         why = (
             f"the routed model's rule: from its routing prefix P = {own} on; "
             f"compare a plain run with --first-target {own}"

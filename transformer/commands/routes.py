@@ -1,4 +1,5 @@
 """`transformer routes`: which path each sequence takes, and what the path says about its source.
+A token-routed run instead shows each token's entry at each step (commands/token_routes.py).
 
 Each `--data` source is one label. Windows of n_ctx tokens are tiled over each source's token
 stream and `--windows` of them are drawn at random (`--seed`); the router's argmax path of each
@@ -15,6 +16,7 @@ from typing import Any
 
 from transformer.commands.errors import CommandError
 from transformer.commands.options import add_run_options, chosen_device
+from transformer.commands.token_routes import FIGURE_NAME, figure_path, token_routes_command, token_summary
 
 
 def add_routes_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -43,12 +45,18 @@ def add_routes_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--permutations", type=int, default=100, help="label shuffles for the baseline")
     parser.add_argument("--seed", type=int, default=0, help="seeds the window draw and the label shuffles")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    token = parser.add_argument_group("token-routed runs")
+    token.add_argument("--figure", metavar="PATH", default=None, help="write the token-route figure (PNG) here")
+    token.add_argument("--out", metavar="DIR", default=None, help=f"write the token-route figure as DIR/{FIGURE_NAME}")
+    token.add_argument("--show", type=int, default=64, metavar="N", help="tokens of text in the excerpt and figure")
+    token.add_argument("--position-buckets", type=int, default=4, metavar="B", help="position ranges to count usage in")
     parser.set_defaults(handler=run_routes, prog=parser.prog)
 
 
 def run_routes(args: argparse.Namespace) -> int:
     record = routes_command(args)
-    print(json.dumps(record) if args.json else summary(record))
+    text = token_summary if record.get("granularity") == "token" else summary
+    print(json.dumps(record) if args.json else text(record))
     return 0
 
 
@@ -77,6 +85,10 @@ def routes_command(args: argparse.Namespace) -> dict[str, Any]:
     run = load_trained(args.run, args.checkpoint, chosen_device(args))
     if run.model.kind != "routed":
         raise CommandError(f"routes needs a routed run; {args.run} holds a plain decoder (config routing: null)")
+    if run.model.route_granularity == "token":
+        return token_routes_command(args, run, labels)
+    if figure_path(args) is not None:
+        raise CommandError("--figure and --out draw token routes; this run routes whole sequences (see the table)")
     model = as_routed(run.model)
     n_ctx = model.cfg.n_ctx
     generator = torch.Generator().manual_seed(args.seed)
@@ -88,7 +100,9 @@ def routes_command(args: argparse.Namespace) -> dict[str, Any]:
         picked = pick_windows(windows, args.windows, generator)
         paths += as_paths(argmax_choices(model, picked))
         window_labels += [label] * len(picked)
-    report = analyse_routes(paths, window_labels, model.routing.pool_size, args.permutations, args.seed, labels)
+    report = analyse_routes(
+        paths, window_labels, model.pool_size, args.permutations, args.seed, labels, model.choices_per_step
+    )
     return {
         "run": str(args.run),
         "checkpoint": str(run.checkpoint),

@@ -101,8 +101,25 @@ class DecoderEnds(nn.Module):
 
     @property
     def pool_size(self) -> int:
-        """Layers each step chooses among: a plain decoder's step k always runs its layer k."""
+        """Entries in the pool the steps draw from, all steps together (with per-step pools a
+        step sees only its own share: `choices_per_step`); a plain decoder's step k always runs
+        its layer k."""
         return 1
+
+    @property
+    def choices_per_step(self) -> int:
+        """Entries one step chooses among, so a route is one of choices_per_step ** n_steps."""
+        return 1
+
+    @property
+    def route_granularity(self) -> str | None:
+        """What one route decision covers: "sequence", "token", or None (no routes)."""
+        return None
+
+    @property
+    def route_temperature(self) -> float | None:
+        """The temperature sampled routes are drawn at now; None: this decoder draws none."""
+        return None
 
     @property
     def first_scored_target(self) -> int:
@@ -148,6 +165,16 @@ class DecoderEnds(nn.Module):
         """An empty KV cache for generation: one `LayerCache` per layer (or routing step). A
         token-routed decoder keeps more per step (its holes and choices) and makes its own."""
         return KVCache(self.cfg.n_layers)
+
+    def applied_counts(self, routing: Any) -> Tensor | None:
+        """Tokens each pool layer processed at each step in one forward (its `routing` info),
+        for evaluation's totals; None where every token runs one layer every step."""
+        return None
+
+    def work_metrics(self, chosen: Tensor, applied: Tensor) -> dict[str, float]:
+        """Layers per token, dropped and skipped shares, from summed `routing.counts` (`chosen`)
+        and `applied_counts`; empty where a token always runs n_steps layers."""
+        return {}
 
     def training_metrics(self, output: DecoderOutput) -> dict[str, Any]:
         """What a training log record adds from an optimizer step's last forward `output`."""

@@ -71,6 +71,18 @@ class RoutedDecoder(DecoderEnds):
         return self.routing.pool_size
 
     @property
+    def choices_per_step(self) -> int:
+        return len(self.router.step_layers[0])
+
+    @property
+    def route_granularity(self) -> str:
+        return "sequence"
+
+    @property
+    def route_temperature(self) -> float:
+        return self.router.temperature
+
+    @property
     def first_scored_target(self) -> int:
         """Targets before the routing prefix P are predicted by a model with no route yet."""
         return self.routing.route_prefix_len

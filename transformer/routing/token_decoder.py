@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 import torch
 import torch.distributed as dist
 from jaxtyping import Bool, Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 
 from transformer.model.config import ConfigError, ModelConfig
 from transformer.model.decoder import DecoderEnds, DecoderKind, DecoderOutput
@@ -49,7 +49,7 @@ from transformer.model.kv_cache import KVCache
 from transformer.routing import losses as routing_losses
 from transformer.routing.capacity import admit
 from transformer.routing.config import RoutingConfig
-from transformer.routing.decoder import RoutingInfo
+from transformer.routing.decoder import NotRoutedError, RoutingInfo
 from transformer.routing.dispatch import TokenPool
 from transformer.routing.gate import choice_score, gate
 from transformer.routing.router import temperature_after, temperature_at
@@ -95,6 +95,35 @@ class TokenRoutedDecoder(DecoderEnds):
     def pool_size(self) -> int:
         """Entries each token chooses among: the layers, and skip if there is one."""
         return self.routing.n_entries
+
+    @property
+    def choices_per_step(self) -> int:
+        return self.routing.n_entries
+
+    @property
+    def route_granularity(self) -> str:
+        return "token"
+
+    @property
+    def route_temperature(self) -> float:
+        return self.router.temperature
+
+    def applied_counts(self, routing: Any) -> Tensor:
+        info: TokenRoutingInfo = routing
+        return info.applied
+
+    def work_metrics(self, chosen: Tensor, applied: Tensor) -> dict[str, float]:
+        """Over all tokens counted: layers that processed a token, per token; the share of layer
+        requests the capacity turned away; and (with skip) the share of choices that were skip."""
+        layers = self.routing.pool_size
+        wanted = chosen[:, :layers].sum()
+        metrics = {
+            "layers_per_token": float(applied.sum() / chosen[0].sum().clamp_min(1.0)),
+            "dropped_fraction": float((wanted - applied.sum()) / wanted.clamp_min(1.0)),
+        }
+        if self.routing.skip:
+            metrics["skip_fraction"] = float(chosen[:, -1].sum() / chosen.sum().clamp_min(1.0))
+        return metrics
 
     def active_parameters(self) -> int:
         """A token runs the pool's layers `layers_per_token` times: the mean over training so
@@ -340,3 +369,11 @@ class TokenRoutedDecoder(DecoderEnds):
             p.sum() for index, layer in enumerate(self.pool.layers) if index not in used for p in layer.parameters()
         ]
         return 0.0 * torch.stack(idle).sum() if idle else 0.0
+
+
+def as_token_routed(model: nn.Module, needed_by: str = "this") -> TokenRoutedDecoder:
+    """`model` typed as the token-routed decoder it is, for callers that read per-token routes
+    (after checking `model.route_granularity`)."""
+    if not isinstance(model, TokenRoutedDecoder):
+        raise NotRoutedError(f"{needed_by} needs a token-routed decoder, not a {type(model).__name__}")
+    return model

@@ -25,9 +25,11 @@ class Evaluation:
     usage: list[list[float]] = field(default_factory=list)  # [steps][pool] fraction, argmax routes
     usage_entropy: float | None = None
     decision_entropy: float | None = None
+    work: dict[str, float] = field(default_factory=dict)  # token routing: layers_per_token, dropped, skip
 
     def as_record(self) -> dict[str, object]:
-        return {k: v for k, v in self.__dict__.items() if v is not None and v != []}
+        record = {k: v for k, v in self.__dict__.items() if k != "work" and v is not None and v != []}
+        return {**record, **self.work}
 
 
 @torch.no_grad()
@@ -41,13 +43,16 @@ def evaluate(
     batches are split between them. `model` is the bare model, not the DDP wrapper."""
     was_training = model.training
     model.eval()
-    losses, usage_counts, decision = [], [], []
+    losses, usage_counts, decision, applied = [], [], [], []
     for tokens in batches:
         objective = compute_objective(model, tokens)
         losses.append(objective.lm_loss.float())
         if objective.routing is not None:
             usage_counts.append(objective.routing.counts)
             decision.append(objective.routing.decision_entropy)
+            done = model.applied_counts(objective.routing)
+            if done is not None:
+                applied.append(done)
     # A rank may have no batch (fewer batches than ranks): it still joins every all-reduce.
     device = next(model.parameters()).device
     total = _global_mean(_stack_or_empty(losses, device))
@@ -59,6 +64,8 @@ def evaluate(
         result.usage = (counts / counts.sum(-1, keepdim=True).clamp_min(1)).tolist()
         result.usage_entropy = float(routing_losses.usage_entropy(counts))
         result.decision_entropy = _global_mean(_stack_or_empty(decision, device))
+        local_applied = torch.stack(applied).sum(0) if applied else torch.zeros(shape, device=device)
+        result.work = model.work_metrics(counts, _global_sum(local_applied))
         if route_samples > 0:
             result.sampled_route_loss = _sampled_route_loss(model, batches, route_samples, seed)
     model.train(was_training)
