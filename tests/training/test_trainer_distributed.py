@@ -13,7 +13,7 @@ from torch.multiprocessing.spawn import spawn
 from tests.helpers.tiny_runs import tiny_run_config
 from transformer import typecheck
 from transformer.data.tokens import TokenData
-from transformer.routing.router import Router
+from transformer.routing.router import GumbelRouter, Router
 from transformer.training import checkpoint as ckpt
 from transformer.training.trainer import train
 
@@ -46,7 +46,7 @@ def _record_inputs(record: dict[str, list[torch.Tensor]]) -> None:
             record["windows"].append(windows)
         return windows
 
-    def recording_choose(self: Router, logits: torch.Tensor) -> torch.Tensor:
+    def recording_choose(self: GumbelRouter, logits: torch.Tensor) -> torch.Tensor:
         choice = choose(self, logits)
         if self.training:
             record["routes"].append(choice)
@@ -82,7 +82,7 @@ def _replay(tmp_path: Path, routed: bool, windows: torch.Tensor, routes: list[to
     def given_windows(self: TokenData, split: str, *args: object, **kwargs: object) -> torch.Tensor:
         return windows if split == "train" else sample_windows(self, split, *args, **kwargs)  # type: ignore[arg-type]
 
-    def given_route(self: Router, logits: torch.Tensor) -> torch.Tensor:
+    def given_route(self: GumbelRouter, logits: torch.Tensor) -> torch.Tensor:
         return pending.pop(0) if self.training and pending else choose(self, logits)
 
     try:

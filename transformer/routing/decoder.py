@@ -17,10 +17,8 @@ interface, overridden here, so no caller needs to know which decoder it holds; t
 need routes themselves get the model typed as a `RoutedDecoder` from `as_routed`.
 """
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -28,13 +26,14 @@ from torch import Tensor, nn
 
 from transformer.errors import UserError
 from transformer.model.config import ModelConfig
-from transformer.model.decoder import DecoderEnds, DecoderKind, DecoderOutput
+from transformer.model.decoder import DecoderOutput
 from transformer.model.kv_cache import FixedRoute, KVCache
 from transformer.routing import losses as routing_losses
 from transformer.routing.config import RoutingConfig
 from transformer.routing.gate import choice_score, gate
 from transformer.routing.pool import LayerPool
-from transformer.routing.router import Router, temperature_after, temperature_at
+from transformer.routing.routed_base import RoutedBase
+from transformer.routing.router import Router
 
 
 @dataclass
@@ -52,17 +51,13 @@ class RoutingInfo:
     aux_loss: Float[Tensor, ""]  # balance_weight * balance_loss + z_loss_weight * z_loss
 
 
-class RoutedDecoder(DecoderEnds):
-    kind: ClassVar[DecoderKind] = "routed"
+class RoutedDecoder(RoutedBase):
+    router: Router
 
     def __init__(self, cfg: ModelConfig, routing: RoutingConfig) -> None:
-        super().__init__(cfg)
-        self.routing = routing
+        super().__init__(cfg, routing)
         self.pool = LayerPool(cfg, routing.pool_size)
         self.router = Router(cfg, routing)
-        self._window_counts: Tensor | None = None
-        self._in_window = False
-        self._eval_generator = torch.Generator().manual_seed(routing.seed)
         self._fixed_layers = [routing.fixed_layer(step, cfg.n_layers) for step in range(cfg.n_layers)]
         self.warm_starting = routing.warm_start_steps > 0  # before any update, update 0's routes
 
@@ -77,10 +72,6 @@ class RoutedDecoder(DecoderEnds):
     @property
     def route_granularity(self) -> str:
         return "sequence"
-
-    @property
-    def route_temperature(self) -> float:
-        return self.router.temperature
 
     @property
     def first_scored_target(self) -> int:
@@ -102,63 +93,17 @@ class RoutedDecoder(DecoderEnds):
         """Routes are sampled at a temperature annealed over training; the first
         `warm_start_steps` updates route in the fixed order instead. Both follow from the step
         alone, so a resumed run picks them up where it stopped."""
-        self.router.temperature = temperature_at(self.routing, step, total_steps)
+        super().set_training_step(step, total_steps)
         self.warm_starting = step < self.routing.warm_start_steps
 
     def set_trained_steps(self, steps: int, total_steps: int) -> None:
         """Sampled routes (evaluation, analysis) at the temperature training had reached, and in
         the fixed order if every update so far was a warm-start one."""
-        self.router.temperature = temperature_after(self.routing, steps, total_steps)
+        super().set_trained_steps(steps, total_steps)
         self.warm_starting = max(steps - 1, 0) < self.routing.warm_start_steps
 
-    def seed_route_rng(self, derive: Callable[[int], int]) -> None:
-        self.router.seed_generator(derive(self.routing.seed))
-
-    def route_rng_state(self) -> Tensor:
-        return self.router.generator.get_state()
-
-    def set_route_rng_state(self, state: Tensor | None) -> None:
-        if state is None:
-            raise ValueError("a routed decoder needs the route stream's state to continue it")
-        self.router.generator.set_state(state)
-
     def training_metrics(self, output: DecoderOutput) -> dict[str, Any]:
-        """The last micro-batch's counts cover the whole counting window: every micro-batch
-        of the step, on every rank."""
-        info: RoutingInfo = output.routing
-        return {
-            "usage_entropy": float(info.usage_entropy),
-            "decision_entropy": float(info.decision_entropy),
-            "usage": (info.counts / info.counts.sum(-1, keepdim=True)).tolist(),
-            "temperature": self.router.temperature,
-        }
-
-    @contextmanager
-    def sampled_routes(self, seed: int) -> Iterator[None]:
-        """Routes drawn as in training (Gumbel-argmax at the router's temperature) from a generator
-        seeded with `seed`, swapped in for the router's own, the rest of the model in eval mode
-        (no dropout): evaluating never shifts the training run's routing stream."""
-        own_generator, was_training = self.router.generator, self.training
-        self.eval()
-        self.router.generator = torch.Generator().manual_seed(seed)
-        self.router.train()
-        try:
-            yield
-        finally:
-            self.router.generator = own_generator
-            self.train(was_training)
-
-    @contextmanager
-    def counting_window(self) -> Iterator[None]:
-        """Count layer usage for the balance loss across the forwards inside the block (the
-        micro-batches of one optimizer step): micro-batch m balances against the counts of
-        micro-batches 0..m (the counts of later ones do not exist yet), so the last one sees the
-        whole step. Outside a window each forward counts alone."""
-        self._in_window, self._window_counts = True, None
-        try:
-            yield
-        finally:
-            self._in_window, self._window_counts = False, None
+        return self._usage_metrics(output.routing)
 
     def forward(
         self,
@@ -218,9 +163,7 @@ class RoutedDecoder(DecoderEnds):
         if policy == "fixed" or self.warm_starting:
             return torch.full((batch,), self._fixed_layers[step], dtype=torch.long, device=logits.device)
         if policy == "random":
-            if step == 0 and not self.training:
-                self._eval_generator = torch.Generator().manual_seed(self.routing.seed)
-            generator = self.router.generator if self.training else self._eval_generator
+            generator = self._random_policy_generator(step)
             own = self.router.step_layers[step]
             return (torch.randint(len(own), (batch,), generator=generator) + own.start).to(logits.device)
         return self.router.choose(logits)
@@ -231,11 +174,9 @@ class RoutedDecoder(DecoderEnds):
         logits: Float[Tensor, "batch steps n_pool"],
         probabilities: Float[Tensor, "batch steps n_pool"],
     ) -> RoutingInfo:
-        counts = routing_losses.count_choices(choices, self.routing.pool_size, all_ranks=self.training)
-        if self._in_window:
-            if self._window_counts is not None:
-                counts = counts + self._window_counts
-            self._window_counts = counts
+        counts = self._window_total(
+            routing_losses.count_choices(choices, self.routing.pool_size, all_ranks=self.training)
+        )
         balance = routing_losses.balance_loss(counts, probabilities, len(self.router.step_layers[0]))
         z = routing_losses.z_loss(logits)
         aux = self.routing.balance_weight * balance + self.routing.z_loss_weight * z

@@ -30,23 +30,45 @@ from transformer.model.norm import make_norm
 from transformer.routing.config import RoutingConfig
 
 
-class Router(nn.Module):
-    def __init__(self, cfg: ModelConfig, routing: RoutingConfig) -> None:
+class GumbelRouter(nn.Module):
+    """What the sequence and the token routers share: a norm and a per-step embedding for what
+    they read, a zero-initialised readout to `n_choices` logits, and Gumbel-argmax sampling at
+    a temperature from a generator of their own. They differ only in what they read."""
+
+    def __init__(self, cfg: ModelConfig, routing: RoutingConfig, n_choices: int) -> None:
         super().__init__()
-        routing.check_fits(cfg)
-        self.prefix_len = routing.route_prefix_len
-        self.pool_size = routing.pool_size
-        self.step_layers = [routing.step_layers(step, cfg.n_layers) for step in range(cfg.n_layers)]
         self.ln = make_norm(cfg)
         self.W_step = nn.Parameter(torch.randn(cfg.n_layers, cfg.d_model) * cfg.init_std)
-        self.W_R = nn.Parameter(torch.zeros(cfg.d_model, routing.pool_size))
-        self.b_R = nn.Parameter(torch.zeros(routing.pool_size))
+        self.W_R = nn.Parameter(torch.zeros(cfg.d_model, n_choices))
+        self.b_R = nn.Parameter(torch.zeros(n_choices))
         self.temperature = routing.temperature_start
         self.generator = torch.Generator().manual_seed(routing.seed)
 
     def seed_generator(self, seed: int) -> None:
         """Restart route sampling from `seed` (each distributed rank uses its own)."""
         self.generator.manual_seed(seed)
+
+    def choose(self, logits: Float[Tensor, "*rows n_choices"]) -> Int[Tensor, "*rows"]:
+        """Training: a sample from softmax(logits / tau) per row. Evaluation: the argmax."""
+        if not self.training:
+            return logits.argmax(dim=-1)
+        uniform = torch.rand(logits.shape, generator=self.generator, dtype=torch.float32)
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+        return (logits / self.temperature + gumbel.to(logits.device)).argmax(dim=-1)
+
+    def probabilities(self, logits: Float[Tensor, "*rows n_choices"]) -> Float[Tensor, "*rows n_choices"]:
+        """The distribution `choose` samples from (at tau = 1 in evaluation)."""
+        tau = self.temperature if self.training else 1.0
+        return (logits / tau).softmax(dim=-1)
+
+
+class Router(GumbelRouter):
+    def __init__(self, cfg: ModelConfig, routing: RoutingConfig) -> None:
+        routing.check_fits(cfg)
+        super().__init__(cfg, routing, routing.pool_size)
+        self.prefix_len = routing.route_prefix_len
+        self.pool_size = routing.pool_size
+        self.step_layers = [routing.step_layers(step, cfg.n_layers) for step in range(cfg.n_layers)]
 
     def summary(self, resid: Float[Tensor, "batch pos d_model"], step: int) -> Float[Tensor, "batch d_model"]:
         if resid.shape[1] < self.prefix_len:
@@ -68,19 +90,6 @@ class Router(nn.Module):
             readout, bias = self.W_R[:, own.start : own.stop], self.b_R[own.start : own.stop]
             logits = summary.float() @ readout.float() + bias.float()
         return F.pad(logits, (own.start, self.pool_size - own.stop), value=-math.inf)
-
-    def choose(self, logits: Float[Tensor, "batch n_pool"]) -> Int[Tensor, " batch"]:
-        """Training: a sample from softmax(logits / tau). Evaluation: the argmax."""
-        if not self.training:
-            return logits.argmax(dim=-1)
-        uniform = torch.rand(logits.shape, generator=self.generator, dtype=torch.float32)
-        gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
-        return (logits / self.temperature + gumbel.to(logits.device)).argmax(dim=-1)
-
-    def probabilities(self, logits: Float[Tensor, "batch n_pool"]) -> Float[Tensor, "batch n_pool"]:
-        """The distribution `choose` samples from (at tau = 1 in evaluation)."""
-        tau = self.temperature if self.training else 1.0
-        return (logits / tau).softmax(dim=-1)
 
 
 def temperature_after(routing: RoutingConfig, step: int, total_steps: int) -> float:

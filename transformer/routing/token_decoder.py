@@ -33,10 +33,8 @@ What makes it honest and cheap:
   training so far (kept in the checkpoint), so FLOPs count only the work done.
 """
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -44,7 +42,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from transformer.model.config import ConfigError, ModelConfig
-from transformer.model.decoder import DecoderEnds, DecoderKind, DecoderOutput
+from transformer.model.decoder import DecoderOutput
 from transformer.model.kv_cache import KVCache
 from transformer.routing import losses as routing_losses
 from transformer.routing.capacity import admit
@@ -52,7 +50,7 @@ from transformer.routing.config import RoutingConfig
 from transformer.routing.decoder import NotRoutedError, RoutingInfo
 from transformer.routing.dispatch import TokenPool
 from transformer.routing.gate import choice_score, gate
-from transformer.routing.router import temperature_after, temperature_at
+from transformer.routing.routed_base import RoutedBase
 from transformer.routing.token_cache import TokenKVCache, TokenStepCache
 from transformer.routing.token_router import TokenRouter
 
@@ -72,22 +70,18 @@ class TokenRoutingInfo(RoutingInfo):
     dropped_fraction: Float[Tensor, ""]  # of the tokens choosing a layer, those over its capacity
 
 
-class TokenRoutedDecoder(DecoderEnds):
-    kind: ClassVar[DecoderKind] = "routed"
+class TokenRoutedDecoder(RoutedBase):
+    router: TokenRouter
     work: Tensor
 
     def __init__(self, cfg: ModelConfig, routing: RoutingConfig) -> None:
-        super().__init__(cfg)
         if routing.granularity != "token":
             raise ConfigError(f"a token-routed decoder needs routing.granularity='token', got {routing.granularity!r}")
-        self.routing = routing
+        super().__init__(cfg, routing)
         self.pool = TokenPool(cfg, routing.pool_size, co_routed=routing.token_attention == "co_routed")
         self.router = TokenRouter(cfg, routing)
         # layer applications and tokens over all training forwards so far (all ranks): the work done
         self.register_buffer("work", torch.zeros(2, dtype=torch.long))
-        self._window_counts: Tensor | None = None
-        self._in_window = False
-        self._eval_generator = torch.Generator().manual_seed(routing.seed)
 
     # --- the DecoderEnds interface ------------------------------------------------------------
 
@@ -103,10 +97,6 @@ class TokenRoutedDecoder(DecoderEnds):
     @property
     def route_granularity(self) -> str:
         return "token"
-
-    @property
-    def route_temperature(self) -> float:
-        return self.router.temperature
 
     def applied_counts(self, routing: Any) -> Tensor:
         info: TokenRoutingInfo = routing
@@ -140,24 +130,6 @@ class TokenRoutedDecoder(DecoderEnds):
         share = 1.0 if factor is None else min(1.0, factor * self.routing.pool_size / self.routing.n_entries)
         return self.n_steps * share
 
-    def set_training_step(self, step: int, total_steps: int) -> None:
-        """Routes are sampled at a temperature annealed over training."""
-        self.router.temperature = temperature_at(self.routing, step, total_steps)
-
-    def set_trained_steps(self, steps: int, total_steps: int) -> None:
-        self.router.temperature = temperature_after(self.routing, steps, total_steps)
-
-    def seed_route_rng(self, derive: Callable[[int], int]) -> None:
-        self.router.seed_generator(derive(self.routing.seed))
-
-    def route_rng_state(self) -> Tensor:
-        return self.router.generator.get_state()
-
-    def set_route_rng_state(self, state: Tensor | None) -> None:
-        if state is None:
-            raise ValueError("a routed decoder needs the route stream's state to continue it")
-        self.router.generator.set_state(state)
-
     def new_cache(self) -> TokenKVCache:
         return TokenKVCache(self.n_steps)
 
@@ -165,41 +137,13 @@ class TokenRoutedDecoder(DecoderEnds):
         """The last micro-batch's counts cover the whole counting window: every micro-batch
         of the step, on every rank."""
         info: TokenRoutingInfo = output.routing
-        metrics = {
-            "usage_entropy": float(info.usage_entropy),
-            "decision_entropy": float(info.decision_entropy),
-            "usage": (info.counts / info.counts.sum(-1, keepdim=True)).tolist(),
-            "temperature": self.router.temperature,
+        metrics = self._usage_metrics(info) | {
             "layers_per_token": float(info.layers_per_token),
             "dropped_fraction": float(info.dropped_fraction),
         }
         if self.routing.skip:
             metrics["skip_fraction"] = float(info.counts[:, -1].sum() / info.counts.sum())
         return metrics
-
-    @contextmanager
-    def sampled_routes(self, seed: int) -> Iterator[None]:
-        """Routes drawn as in training, from a generator seeded with `seed`, the rest of the
-        model in eval mode: evaluating never shifts the training run's routing stream."""
-        own_generator, was_training = self.router.generator, self.training
-        self.eval()
-        self.router.generator = torch.Generator().manual_seed(seed)
-        self.router.train()
-        try:
-            yield
-        finally:
-            self.router.generator = own_generator
-            self.train(was_training)
-
-    @contextmanager
-    def counting_window(self) -> Iterator[None]:
-        """Count usage for the balance loss across the forwards inside the block (the
-        micro-batches of one optimizer step), cumulatively, as the sequence-routed decoder does."""
-        self._in_window, self._window_counts = True, None
-        try:
-            yield
-        finally:
-            self._in_window, self._window_counts = False, None
 
     # --- the forward pass ---------------------------------------------------------------------
 
@@ -289,9 +233,7 @@ class TokenRoutedDecoder(DecoderEnds):
         if policy == "fixed":
             return torch.full(shape, step % self.routing.pool_size, dtype=torch.long, device=logits.device)
         if policy == "random":
-            if step == 0 and not self.training:
-                self._eval_generator = torch.Generator().manual_seed(self.routing.seed)
-            generator = self.router.generator if self.training else self._eval_generator
+            generator = self._random_policy_generator(step)
             return torch.randint(entries, shape, generator=generator).to(logits.device)
         return self.router.choose(logits)
 
@@ -308,10 +250,7 @@ class TokenRoutedDecoder(DecoderEnds):
         counts = self._count(choices, processed)
         if self.training:
             self._record_work(counts)
-        if self._in_window:
-            if self._window_counts is not None:
-                counts = counts + self._window_counts
-            self._window_counts = counts
+        counts = self._window_total(counts)
         chosen, applied = counts[0], counts[1]
         n_layers, steps = self.routing.pool_size, self.n_steps
         flat = probabilities.reshape(-1, steps, self.routing.n_entries)
