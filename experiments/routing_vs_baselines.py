@@ -24,7 +24,7 @@ also scored on targets >= P and rows compare on that column.
     python experiments/routing_vs_baselines.py --corpus ../shared/data/tinyshakespeare.txt ...
     python experiments/routing_vs_baselines.py --plot runs/rvb/results.json ... --figure docs/results/compare.png
 
-docs/results.md says which runs made experiments/results/*.json and how long they took.
+docs/results.md says which runs made the json files in experiments/results/, and how long they took.
 """
 
 import argparse
