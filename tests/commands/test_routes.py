@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.cli import run_cli
-from tests.helpers.tiny_runs import STILL_ROUTES, prime_routers, tiny_run_config
-from transformer.data.corpus import builtin_documents
+from tests.helpers.tiny_runs import STILL_ROUTES, prime_routers, tiny_run_config, two_topic_sources
 from transformer.training.trainer import train
 
 WINDOWS = 20
@@ -21,10 +20,7 @@ WINDOWS = 20
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """A tiny routed and a tiny plain run, and two sources: two different sets of help topics."""
     root = tmp_path_factory.mktemp("routes_runs")
-    documents = builtin_documents()
-    sources = {"syntax": root / "syntax.txt", "types": root / "types.txt"}
-    sources["syntax"].write_text("\n\n".join(documents[12:18]), encoding="utf-8")
-    sources["types"].write_text("\n\n".join(documents[44:48]), encoding="utf-8")
+    sources = two_topic_sources(root)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRANSFORMER_CACHE", str(root / "cache"))
         prime_routers(patch)

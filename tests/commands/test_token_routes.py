@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import run_cli
-from tests.helpers.tiny_runs import tiny_run_config
+from tests.helpers.tiny_runs import tiny_run_config, two_topic_sources
 from transformer.analysis.plotting.token_route_figure import DPI, figure_inches
-from transformer.data.corpus import builtin_documents
 from transformer.training.trainer import train
 
 WINDOWS, N_CTX, SHOW = 12, 16, 16  # N_CTX: tiny_run_config's
@@ -21,10 +20,7 @@ WINDOWS, N_CTX, SHOW = 12, 16, 16  # N_CTX: tiny_run_config's
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     root = tmp_path_factory.mktemp("token_routes_run")
-    documents = builtin_documents()
-    sources = {"syntax": root / "syntax.txt", "types": root / "types.txt"}
-    sources["syntax"].write_text("\n\n".join(documents[12:18]), encoding="utf-8")
-    sources["types"].write_text("\n\n".join(documents[44:48]), encoding="utf-8")
+    sources = two_topic_sources(root)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRANSFORMER_CACHE", str(root / "cache"))
         config = tiny_run_config(root, True, "routing.granularity=token", "routing.skip=true")

@@ -18,6 +18,15 @@ def write_corpus(folder: Path, documents: int = 12) -> Path:
     return folder
 
 
+def two_topic_sources(folder: Path) -> dict[str, Path]:
+    """Two label sources for route analysis: two different sets of help topics."""
+    documents = builtin_documents()
+    sources = {"syntax": folder / "syntax.txt", "types": folder / "types.txt"}
+    sources["syntax"].write_text("\n\n".join(documents[12:18]), encoding="utf-8")
+    sources["types"].write_text("\n\n".join(documents[44:48]), encoding="utf-8")
+    return sources
+
+
 def tiny_run_config(tmp_path: Path, routed: bool = True, *overrides: str) -> RunConfig:
     corpus = write_corpus(tmp_path / "corpus")
     settings = [
