@@ -177,7 +177,7 @@ def test_bad_run_directory_checkpoint_or_request_is_a_one_line_error(
         "does not exist": ["--run", str(tmp_path / "nowhere")],
         "no checkpoint in": ["--run", str(tmp_path)],
         "checkpoint .* does not exist": ["--run", str(runs["routed"]), "--checkpoint", str(tmp_path / "gone")],
-        "cannot be read": ["--run", str(runs["routed"]), "--checkpoint", str(broken)],
+        "state.pt does not match the sha256": ["--run", str(runs["routed"]), "--checkpoint", str(broken)],
         "before the routing prefix": ["--run", str(runs["routed"]), "--first-target", str(PREFIX - 1)],
         "no such file": ["--run", str(runs["plain"]), "--data", str(tmp_path / "missing.txt")],
     }

@@ -38,6 +38,7 @@ def _rewrite_saved_model_config(run_dir: Path, model: dict[str, object]) -> None
     state = ckpt.read_state(folder)
     state["config"]["model"] = model
     torch.save(state, folder / ckpt.STATE)
+    ckpt.record_checksums(folder)
 
 
 def test_a_checkpoint_from_before_the_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

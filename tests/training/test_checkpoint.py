@@ -88,6 +88,9 @@ def test_broken_or_foreign_checkpoints_give_one_line_errors(tmp_path: Path) -> N
     with pytest.raises(ckpt.CheckpointError, match="do not fit this model"):
         ckpt.read_weights(folder, _model(0, d_model=32))
     (folder / ckpt.STATE).write_bytes(b"not a checkpoint")
+    with pytest.raises(ckpt.CheckpointError, match="state.pt does not match the sha256 recorded"):
+        ckpt.read_state(folder)
+    ckpt.record_checksums(folder)  # the same bytes as if written so: the reader itself refuses them
     with pytest.raises(ckpt.CheckpointError, match="cannot be read"):
         ckpt.read_state(folder)
     (folder / ckpt.WEIGHTS).unlink()
@@ -98,5 +101,6 @@ def test_broken_or_foreign_checkpoints_give_one_line_errors(tmp_path: Path) -> N
 def test_a_state_holding_code_is_refused_on_load(tmp_path: Path) -> None:
     folder = ckpt.save_checkpoint(tmp_path, 1, _model(0), _state(1), keep_last=1, is_best=False)
     torch.save({"format": ckpt.FORMAT_VERSION, "payload": Path("/")}, folder / ckpt.STATE)
+    ckpt.record_checksums(folder)
     with pytest.raises(ckpt.CheckpointError, match="cannot be read"):
         ckpt.read_state(folder)

@@ -32,7 +32,7 @@ def load_trained(run_dir: Path, which: str = "latest", device: str | torch.devic
     if not run_dir.is_dir():
         raise ckpt.CheckpointError(f"run directory {run_dir} does not exist (give the train.out_dir of a run)")
     folder = ckpt.resolve(run_dir, which)
-    state = ckpt.read_state(folder)
+    state = ckpt.read_state(folder, ckpt.RUN_FIELDS)
     try:
         tokenizer = TextTokenizer.from_json(state["tokenizer"])
         config = RunConfig.from_dict(state["config"]).with_vocab(tokenizer.vocab_size)

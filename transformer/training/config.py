@@ -49,6 +49,7 @@ class TrainSettings:
     dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "float32", "bfloat16"
     compile: bool = False
     max_bad_steps: int = 10  # non-finite losses in a row before training stops
+    dist_timeout_s: float = 600.0  # DDP: seconds a rank waits for a dead or stalled peer before every rank stops
     sample_tokens: int = 200
     out_dir: str = "runs/default"
 
@@ -75,6 +76,10 @@ class TrainSettings:
             raise ConfigError(f"train.val_fraction={self.val_fraction} must be in (0, 1), e.g. 0.1")
         if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"train.lr={self.lr}, train.min_lr={self.min_lr}: need 0 <= min_lr <= lr, lr > 0")
+        if isinstance(self.dist_timeout_s, bool) or not isinstance(self.dist_timeout_s, int | float):
+            raise ConfigError(f"train.dist_timeout_s={self.dist_timeout_s!r} must be a number of seconds, e.g. 600")
+        if not 0 < self.dist_timeout_s < 1e7:
+            raise ConfigError(f"train.dist_timeout_s={self.dist_timeout_s!r} must be a positive number of seconds")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):

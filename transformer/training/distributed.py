@@ -3,15 +3,28 @@
 `torchrun` starts one process per device and tells each its RANK, LOCAL_RANK and
 WORLD_SIZE through the environment. Without them, this is a single process. The backend
 follows the device: NCCL between CUDA GPUs, gloo between CPU processes.
+
+A collective waits for every rank; a rank that died or stalled (SIGSTOP, a hung filesystem)
+would keep the others waiting forever. The process group's timeout (`train.dist_timeout_s`)
+bounds that wait: the collective then fails on every live rank, and `peer_lost` turns the
+failure into a one-line error naming this rank, so each rank exits and torchrun ends the job.
 """
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from transformer.devices import resolve_device
+from transformer.errors import UserError
+
+DEFAULT_TIMEOUT_S = 600.0
+
+
+class PeerLost(UserError):
+    """Another rank died or stopped answering: this one cannot go on alone."""
 
 
 @dataclass(frozen=True)
@@ -35,8 +48,9 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def start(device: str = "auto") -> Process:
-    """Join the process group torchrun set up (if any) and pick this process's device."""
+def start(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Process:
+    """Join the process group torchrun set up (if any) and pick this process's device; a
+    collective that waits more than `timeout_s` for a peer fails instead of hanging."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -45,13 +59,30 @@ def start(device: str = "auto") -> Process:
         chosen = torch.device("cuda", local_rank)
         torch.cuda.set_device(chosen)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend=backend_for(chosen))
+        dist.init_process_group(backend=backend_for(chosen), timeout=timedelta(seconds=timeout_s))
     return Process(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
 
 
 def stop() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def peer_lost(error: BaseException, process: Process, timeout_s: float) -> PeerLost | None:
+    """The user-facing error for a collective that failed because a peer is gone; None for any
+    other failure (a bug keeps its traceback)."""
+    if not process.distributed:
+        return None
+    text = str(error)
+    markers = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe", "watchdog")
+    if not isinstance(error, dist.DistError) and not any(marker in text.lower() for marker in markers):
+        return None
+    detail = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    return PeerLost(
+        f"rank {process.rank} of {process.world_size}: a peer died or did not answer within "
+        f"train.dist_timeout_s={timeout_s:g} s, so this rank stops too ({detail[:200]}); "
+        "resume with --resume latest once every node is healthy"
+    )
 
 
 def stream_seed(seed: int, rank: int, stream: int) -> int:

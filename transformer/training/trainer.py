@@ -5,6 +5,11 @@ Each optimizer step: set the learning rate and routing temperature for this step
 step if the loss is not finite, clip, update. Rank 0 logs, shows progress, evaluates and
 writes checkpoints; every rank keeps its own data and routing random streams, and all of
 them go into the checkpoint, so a resumed run continues bit for bit.
+
+The run directory is never clobbered: rank 0 holds its lock for the whole run, cleans what
+killed saves left, and a resume must continue this directory's own latest checkpoint (or
+branch a checkpoint into an empty directory). SIGINT and SIGTERM save and exit; a peer that
+dies or stalls ends every rank after `train.dist_timeout_s`.
 """
 
 import contextlib
@@ -42,7 +47,9 @@ from transformer.training.distributed import (
 from transformer.training.evaluation import Evaluation, evaluate
 from transformer.training.objective import compute_objective
 from transformer.training.optim import learning_rate, make_optimizer
+from transformer.training.run_lock import RunLock
 from transformer.training.run_log import RunLog, flops_per_token, peak_flops
+from transformer.training.stop_signals import StopSignals
 
 
 class TrainingError(UserError):
@@ -58,36 +65,75 @@ class TrainResult:
     run_dir: Path
 
 
+# Settings whose saved value a resume keeps whatever the config says: an override of them
+# could only be ignored, and then recorded in the next checkpoint as if it had applied.
+FIXED_ON_RESUME = ("tokenizer", "vocab_size", "seed")
+
+
 def train(config: RunConfig, resume: str | None = None, stop_at: int | None = None) -> TrainResult:
+    if stop_at is not None and stop_at < 1:
+        raise TrainingError(f"--stop-at {stop_at}: give a step of at least 1")
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    process = distributed.start(config.train.device)
+    timeout_s = config.train.dist_timeout_s
+    process = distributed.start(config.train.device, timeout_s)
+    lock = RunLock(Path(config.train.out_dir))
+    signals = StopSignals()
     try:
-        return _Run(config, process, resume).run(stop_at)
+        with signals.installed():
+            _take_lock(lock, process)
+            return _Run(config, process, resume, signals).run(stop_at)
+    except (RuntimeError, OSError) as error:
+        lost = distributed.peer_lost(error, process, timeout_s)
+        if lost is None:
+            raise
+        raise lost from error
     finally:
+        lock.release()
         distributed.stop()
 
 
+def _take_lock(lock: RunLock, process: distributed.Process) -> None:
+    """Rank 0 locks the run directory; every rank learns whether it could, and stops together."""
+    refusal = ""
+    if process.is_main:
+        try:
+            lock.acquire()
+        except UserError as error:
+            refusal = str(error)
+    if process.distributed:
+        shared = [refusal]
+        dist.broadcast_object_list(shared, src=0)
+        refusal = shared[0]
+    if refusal:
+        raise TrainingError(refusal)
+
+
 class _Run:
-    def __init__(self, config: RunConfig, process: distributed.Process, resume: str | None) -> None:
+    def __init__(
+        self, config: RunConfig, process: distributed.Process, resume: str | None, signals: StopSignals
+    ) -> None:
         self.process = process
+        self.signals = signals
         self.settings = settings = config.train
         self.run_dir = Path(settings.out_dir)
+        self._clean_leftovers()
         state = self._resume_state(resume)
-        if state is None:
+        if state is None or self.branched:
             self._check_fresh_run_dir()
         self.tokenizer = self._tokenizer(state)
         self.config = config.with_vocab(self.tokenizer.vocab_size)  # what checkpoints record
         if state is not None:
             saved = RunConfig.from_dict(state["config"]).with_vocab(self.tokenizer.vocab_size)
             _check_same_model(saved, self.config)
+            _check_fixed_settings(saved, self.config)
         self.data = self._data()
         rng.seed_everything(settings.seed)  # identical initial weights on every rank
         self.model = build_model(self.config).to(process.device)
         self.optimizer = make_optimizer(self.model, settings)
         self.data_generator = torch.Generator().manual_seed(stream_seed(settings.seed, process.rank, DATA_STREAM))
         self.model.seed_route_rng(lambda seed: stream_seed(seed, process.rank, ROUTING_STREAM))
-        self.step, self.best_val, self.skipped = 0, math.inf, 0
+        self.step, self.best_val, self.skipped, self.saved_step = 0, math.inf, 0, -1
         rng.seed_everything(stream_seed(settings.seed, process.rank, DROPOUT_STREAM))  # dropout differs per rank
         if state is not None:
             self._load(state)
@@ -106,18 +152,42 @@ class _Run:
 
     # --- setup -------------------------------------------------------------------------
 
+    def _clean_leftovers(self) -> None:
+        if self.process.is_main:  # the lock is rank 0's: no save of this run is under way
+            removed = ckpt.clean_leftovers(self.run_dir)
+            if removed:
+                print(
+                    f"note: removed what interrupted saves left in {ckpt.checkpoints_dir(self.run_dir)}: "
+                    f"{', '.join(removed)}",
+                    file=sys.stderr,
+                )
+        self._barrier()
+
     def _resume_state(self, resume: str | None) -> dict[str, Any] | None:
+        self.branched = False
         if resume is None:
             return None
         self.checkpoint = ckpt.resolve(self.run_dir, resume)
-        return ckpt.read_state(self.checkpoint)
+        state = ckpt.read_state(self.checkpoint, ckpt.RESUME_FIELDS)
+        self.branched = self.checkpoint.resolve().parent != ckpt.checkpoints_dir(self.run_dir).resolve()
+        found = ckpt.step_checkpoints(self.run_dir)
+        latest = ckpt.step_of(found[-1]) if found else None
+        if not self.branched and latest is not None and state["step"] < latest:
+            raise TrainingError(
+                f"checkpoint {self.checkpoint} is at step {state['step']}, before this run's latest checkpoint "
+                f"{found[-1].name}: continuing it here would overwrite newer checkpoints and best; branch it into a "
+                f"new directory with --resume {self.checkpoint} --set train.out_dir=NEW_DIR"
+            )
+        return state
 
     def _check_fresh_run_dir(self) -> None:
-        """A new run never overwrites an old one's checkpoints, nor mixes its log with them."""
+        """A new run (or a checkpoint branched in from elsewhere) never overwrites a run's
+        checkpoints, nor mixes its log with them."""
         found = ckpt.step_checkpoints(self.run_dir)
         if found:
+            what = f"checkpoint {self.checkpoint} is not one of its own, and " if self.branched else ""
             raise TrainingError(
-                f"{self.run_dir} already holds a run (checkpoints up to {found[-1].name}): continue it with "
+                f"{what}{self.run_dir} already holds a run (checkpoints up to {found[-1].name}): continue it with "
                 "--resume latest, or start a new one elsewhere with --set train.out_dir=PATH"
             )
         old_log = self.run_dir / "metrics.jsonl"
@@ -161,6 +231,7 @@ class _Run:
         ckpt.read_weights(self.checkpoint, self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.best_val, self.skipped = state["step"], state["best_val"], state["skipped"]
+        self.saved_step = self.step
         rank, saved_world = self.process.rank, len(state["data_rng"])
         if saved_world != self.process.world_size and self.process.is_main:
             print(
@@ -182,6 +253,13 @@ class _Run:
     def run(self, stop_at: int | None) -> TrainResult:
         settings, main = self.settings, self.process.is_main
         last = min(settings.max_steps, stop_at) if stop_at is not None else settings.max_steps
+        if settings.max_steps <= self.step:
+            raise TrainingError(
+                f"checkpoint {self.checkpoint} is at step {self.step}, and train.max_steps={settings.max_steps}: "
+                "nothing left to train (raise train.max_steps to go on)"
+            )
+        if last <= self.step:
+            raise TrainingError(f"--stop-at {stop_at} is not after the checkpoint's step {self.step}: nothing to train")
         if main:
             self._announce()
         progress = tqdm(
@@ -203,8 +281,7 @@ class _Run:
                     if bad_in_a_row >= settings.max_bad_steps:
                         raise TrainingError(
                             f"{bad_in_a_row} steps in a row had a non-finite loss or gradient (step {self.step}): "
-                            "lower train.lr or check the data; the last good checkpoint is in "
-                            f"{ckpt.checkpoints_dir(self.run_dir)}"
+                            f"lower train.lr or check the data; {self._last_good()}"
                         )
                     continue
                 bad_in_a_row = 0
@@ -219,9 +296,17 @@ class _Run:
         except KeyboardInterrupt:
             interrupted = True
             progress.close()
-            if main:
-                print(f"\ninterrupted at step {self.step}: saving a checkpoint", file=sys.stderr)
-            self._save(is_best=False)
+            why = f" by {self.signals.received}" if self.signals.received else ""
+            if self.saved_step == self.step:
+                where = ckpt.step_checkpoints(self.run_dir)[-1] if main else None
+                if main:
+                    print(f"\ninterrupted{why} at step {self.step}, already saved in {where}", file=sys.stderr)
+            else:
+                if main:
+                    print(f"\ninterrupted{why} at step {self.step}: saving a checkpoint", file=sys.stderr)
+                where = self._save(is_best=False)
+                if main:
+                    print(f"checkpoint saved in {where}; continue with --resume latest", file=sys.stderr)
         progress.close()
         final = evaluation.val_loss if evaluation is not None else None
         if main and not interrupted:
@@ -353,7 +438,18 @@ class _Run:
         if improved or self.step % self.settings.checkpoint_interval == 0 or self.step == last:
             self._save(is_best=improved)
 
-    def _save(self, is_best: bool) -> None:
+    def _last_good(self) -> str:
+        found = ckpt.step_checkpoints(self.run_dir)
+        if found:
+            return f"the last good checkpoint is {found[-1]}"
+        return f"no checkpoint was written yet (the first comes at step {self.settings.checkpoint_interval})"
+
+    def _save(self, is_best: bool) -> Path | None:
+        """Write a checkpoint (rank 0; the others hand it their random streams); its folder on rank 0."""
+        with self.signals.saving():
+            return self._write_checkpoint(is_best)
+
+    def _write_checkpoint(self, is_best: bool) -> Path | None:
         per_rank = {
             "data_rng": self.data_generator.get_state(),
             "router_rng": self.model.route_rng_state(),
@@ -375,8 +471,14 @@ class _Run:
                 "router_rng": [g["router_rng"] for g in gathered],
                 "rng": [g["rng"] for g in gathered],
             }
-            ckpt.save_checkpoint(self.run_dir, self.step, self.model, state, self.settings.keep_last, is_best)
+            where: Path | None = ckpt.save_checkpoint(
+                self.run_dir, self.step, self.model, state, self.settings.keep_last, is_best
+            )
+        else:
+            where = None
         self._barrier()
+        self.saved_step = self.step
+        return where
 
     def _finish(self, final: float | None) -> None:
         if final is not None:
@@ -396,6 +498,17 @@ class _Run:
                 generator=torch.Generator().manual_seed(self.settings.seed),
             )
             print("sample:", self.tokenizer.decode(out.tokens[0].tolist()))
+
+
+def _check_fixed_settings(saved: RunConfig, current: RunConfig) -> None:
+    for name in FIXED_ON_RESUME:
+        before, now = getattr(saved.train, name), getattr(current.train, name)
+        if before != now:
+            raise ckpt.CheckpointError(
+                f"train.{name}={now!r} cannot apply on resume: the checkpoint continues with {before!r} "
+                f"(its tokenizer and random streams are restored); drop the override, or start a new run "
+                "elsewhere with --set train.out_dir=PATH"
+            )
 
 
 def _check_same_model(saved: RunConfig, current: RunConfig) -> None:
