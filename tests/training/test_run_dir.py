@@ -131,8 +131,6 @@ def _signal_on_call(monkeypatch: pytest.MonkeyPatch, call: int, number: int) -> 
 
 def _signal_during_saves(monkeypatch: pytest.MonkeyPatch, numbers: list[int]) -> list[int]:
     """Each save first receives the signals in `numbers` (then writes): the steps saved."""
-    import transformer.training.trainer as trainer_module
-
     saved: list[int] = []
     real = ckpt.save_checkpoint
 
@@ -143,7 +141,7 @@ def _signal_during_saves(monkeypatch: pytest.MonkeyPatch, numbers: list[int]) ->
         saved.append(step)
         return real(run_dir, step, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module.ckpt, "save_checkpoint", interrupted_save)
+    monkeypatch.setattr(ckpt, "save_checkpoint", interrupted_save)
     return saved
 
 
