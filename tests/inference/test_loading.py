@@ -67,3 +67,30 @@ def test_bad_run_directories_and_checkpoints_are_clear_errors(tmp_path: Path) ->
         load_trained(tmp_path)
     with pytest.raises(ckpt.CheckpointError, match="no best checkpoint"):
         load_trained(tmp_path, "best")
+
+
+def test_weights_that_are_not_finite_are_refused_by_every_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Saved with intact checksums (a run that diverged, or a hand-made file): eval must not
+    print nan and exit 0, generate must not die inside multinomial."""
+    from safetensors.torch import load_file, save_file
+
+    from transformer.commands.main import main
+
+    monkeypatch.setenv("TRANSFORMER_CACHE", str(tmp_path / "cache"))
+    config = tiny_run_config(tmp_path, False, "train.max_steps=2", "train.checkpoint_interval=2")
+    train(config)
+    run_dir = Path(config.train.out_dir)
+    folder = ckpt.resolve(run_dir, "latest")
+    weights = load_file(str(folder / ckpt.WEIGHTS))
+    weights["embed.W_E"][0, 0] = float("inf")
+    save_file(weights, str(folder / ckpt.WEIGHTS))
+    ckpt.record_checksums(folder)
+    with pytest.raises(ckpt.CheckpointError, match=r"are not finite \(nan or inf in embed.W_E\)"):
+        load_trained(run_dir)
+    capsys.readouterr()
+    for command in (["eval", "--run", str(run_dir)], ["generate", "--run", str(run_dir), "--prompt", "The"]):
+        assert main(command) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and "are not finite" in captured.err and captured.err.count("\n") == 1, command
