@@ -75,11 +75,10 @@ def test_a_stalled_or_dead_peer_ends_the_other_rank_in_bounded_time_naming_it(tm
             process.join()
     ended, message = (tmp_path / "error0.txt").read_text().split("\n", 1)
     waited = float(ended) - float((tmp_path / "fault_at").read_text())
-    assert message.startswith(
-        f"rank 0 of 2: a peer died or did not answer within train.dist_timeout_s={TIMEOUT_S} s"
-    ), message
+    who = "rank 1 did not answer" if fault == "stall" else "a peer died or did not answer"
+    assert message.startswith(f"rank 0 of 2: {who} within train.dist_timeout_s={TIMEOUT_S} s"), message
     assert "\n" not in message
-    assert waited < TIMEOUT_S + 15, f"waited {waited:.1f} s"
+    assert waited < 2 * TIMEOUT_S + 30, f"waited {waited:.1f} s"  # the timeout, the roll call, a loaded machine
     if fault == "stall":
         assert waited >= TIMEOUT_S - 0.5, "a stalled peer is given the whole timeout"
     assert ranks[0].exitcode == 0, "the error was handled, not a crash"

@@ -7,10 +7,13 @@ follows the device: NCCL between CUDA GPUs, gloo between CPU processes.
 A collective waits for every rank; a rank that died or stalled (SIGSTOP, a hung filesystem)
 would keep the others waiting forever. The process group's timeout (`train.dist_timeout_s`)
 bounds that wait: the collective then fails on every live rank, and `peer_lost` turns the
-failure into a one-line error naming this rank, so each rank exits and torchrun ends the job.
+failure into a one-line error, so each rank exits and torchrun ends the job. To name the rank
+that stopped answering, the live ranks then meet once more at gloo's monitored barrier on a
+side group made at start (it works beside NCCL too): rank 0 learns which ranks never came.
 """
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -21,6 +24,8 @@ from transformer.devices import resolve_device
 from transformer.errors import UserError
 
 DEFAULT_TIMEOUT_S = 600.0
+ROLL_CALL_S = 10.0  # the live ranks fail within moments of each other: the roll call waits this long at most
+_roll_call_group: dist.ProcessGroup | None = None
 
 
 class PeerLost(UserError):
@@ -60,12 +65,31 @@ def start(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Process
         torch.cuda.set_device(chosen)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend=backend_for(chosen), timeout=timedelta(seconds=timeout_s))
+    if world_size > 1:
+        global _roll_call_group
+        _roll_call_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
     return Process(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
 
 
 def stop() -> None:
+    global _roll_call_group
+    _roll_call_group = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def missing_ranks(timeout_s: float) -> str | None:
+    """After a failed collective: the ranks that do not reach a barrier of the live ones ("1, 3"),
+    as rank 0 sees them; None where that cannot be told (on other ranks, or a peer that died)."""
+    if _roll_call_group is None:
+        return None
+    try:
+        wait = timedelta(seconds=min(timeout_s, ROLL_CALL_S))
+        dist.monitored_barrier(group=_roll_call_group, timeout=wait, wait_all_ranks=True)
+    except RuntimeError as error:
+        found = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(error))
+        return found.group(1).strip() if found else None
+    return None
 
 
 def peer_lost(error: BaseException, process: Process, timeout_s: float) -> PeerLost | None:
@@ -78,10 +102,11 @@ def peer_lost(error: BaseException, process: Process, timeout_s: float) -> PeerL
     if not isinstance(error, dist.DistError) and not any(marker in text.lower() for marker in markers):
         return None
     detail = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    missing = missing_ranks(timeout_s)
+    who = f"rank {missing} did not answer" if missing is not None else "a peer died or did not answer"
     return PeerLost(
-        f"rank {process.rank} of {process.world_size}: a peer died or did not answer within "
-        f"train.dist_timeout_s={timeout_s:g} s, so this rank stops too ({detail[:200]}); "
-        "resume with --resume latest once every node is healthy"
+        f"rank {process.rank} of {process.world_size}: {who} within train.dist_timeout_s={timeout_s:g} s, "
+        f"so this rank stops too ({detail[:200]}); resume with --resume latest once every node is healthy"
     )
 
 
