@@ -192,3 +192,17 @@ def test_the_non_finite_stop_names_a_checkpoint_that_exists(tmp_path: Path, monk
     calls["n"] = 2
     with pytest.raises(TrainingError, match="no checkpoint was written yet"):
         train(tiny_run_config(tmp_path / "early", False, "train.max_bad_steps=2"))
+
+
+def test_a_signal_while_the_run_starts_is_one_line_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformer.training.trainer as trainer_module
+
+    def interrupted_preparation(*args: Any, **kwargs: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(trainer_module, "prepare_corpus", interrupted_preparation)
+    with pytest.raises(TrainingError, match="interrupted by SIGTERM outside the training steps"):
+        train(tiny_run_config(tmp_path, False))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

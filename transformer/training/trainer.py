@@ -83,6 +83,11 @@ def train(config: RunConfig, resume: str | None = None, stop_at: int | None = No
         with signals.installed():
             _take_lock(lock, process)
             return _Run(config, process, resume, signals).run(stop_at)
+    except KeyboardInterrupt:  # the loop handles its own; this one came while starting or finishing
+        raise TrainingError(
+            f"interrupted by {signals.received or 'Ctrl-C'} outside the training steps (while starting or "
+            f"finishing): checkpoints, if any, are in {ckpt.checkpoints_dir(Path(config.train.out_dir))}"
+        ) from None
     except (RuntimeError, OSError) as error:
         lost = distributed.peer_lost(error, process, timeout_s)
         if lost is None:
