@@ -12,8 +12,9 @@ from torch.multiprocessing.spawn import spawn
 from tests.helpers.tiny_runs import tiny_run_config
 from tests.training.test_trainer_distributed import OVERRIDES, WORLD, _free_port, _record_inputs, _replay
 from transformer import typecheck
+from transformer.model.config import ConfigError
 from transformer.training import checkpoint as ckpt
-from transformer.training.config import ConfigError, TrainSettings
+from transformer.training.config import TrainSettings
 from transformer.training.trainer import train
 
 FSDP = ("train.parallel=fsdp", "train.eval_batches=2")  # FSDP: every rank runs as many forwards

@@ -142,7 +142,7 @@ def full_model(model: nn.Module, rebuild: Callable[[], nn.Module]) -> nn.Module 
     if not is_sharded(model):
         return model
     _resharded(model)
-    weights = get_model_state_dict(model, options=FULL_TO_RANK_0)
+    weights: dict[str, Any] = get_model_state_dict(model, options=FULL_TO_RANK_0)
     if not weights:
         return None
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
