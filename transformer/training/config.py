@@ -48,6 +48,7 @@ class TrainSettings:
     threads: int = 0  # CPU threads per process; 0 leaves PyTorch's default (tiny models: 1 is fastest)
     dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "float32", "bfloat16"
     compile: bool = False
+    parallel: str = "ddp"  # with several processes: "ddp" (each holds the model) or "fsdp" (each a shard)
     max_bad_steps: int = 10  # non-finite losses in a row before training stops
     dist_timeout_s: float = 600.0  # DDP: seconds a rank waits for a dead or stalled peer before every rank stops
     sample_tokens: int = 200
@@ -88,6 +89,8 @@ class TrainSettings:
             raise ConfigError(f"train.device={self.device!r} is not one of ['auto', 'cpu', 'cuda']")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"train.dtype={self.dtype!r} is not one of ['auto', 'float32', 'bfloat16']")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.parallel={self.parallel!r} is not one of ['ddp', 'fsdp']")
         if self.tokenizer in ("bpe",) and self.vocab_size is None:
             raise ConfigError("train.tokenizer='bpe' needs train.vocab_size, e.g. 4096")
 

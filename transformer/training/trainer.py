@@ -1,4 +1,4 @@
-"""`transformer train`: the training loop, on one process or many (torchrun + DDP).
+"""`transformer train`: the training loop, on one process or many (torchrun + DDP or FSDP).
 
 Each optimizer step: set the learning rate and routing temperature for this step, run
 `grad_accum` micro-batches (gradients synchronised across ranks only on the last), skip the
@@ -24,7 +24,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from transformer.data.sources import sample_documents
@@ -32,9 +31,9 @@ from transformer.data.tokenizer import TextTokenizer, train_tokenizer
 from transformer.data.tokens import TokenData, prepare_corpus, prepared_tokenizer
 from transformer.errors import UserError
 from transformer.inference.generation import generate
-from transformer.model.decoder import DecoderOutput
+from transformer.model.decoder import DecoderEnds, DecoderOutput
 from transformer.training import checkpoint as ckpt
-from transformer.training import distributed, rng
+from transformer.training import distributed, parallel, rng
 from transformer.training.config import RunConfig, build_model
 from transformer.training.distributed import (
     DATA_STREAM,
@@ -135,6 +134,10 @@ class _Run:
         self.data = self._data()
         rng.seed_everything(settings.seed)  # identical initial weights on every rank
         self.model = build_model(self.config).to(process.device)
+        if state is not None:
+            ckpt.read_weights(self.checkpoint, self.model)  # before FSDP shards the weights
+        # FSDP replaces the parameters with shards: the optimizer is built on those
+        self.wrapped: nn.Module = parallel.wrap_model(self.model, settings.parallel, process)
         self.optimizer = make_optimizer(self.model, settings)
         self.data_generator = torch.Generator().manual_seed(stream_seed(settings.seed, process.rank, DATA_STREAM))
         self.model.seed_route_rng(lambda seed: stream_seed(seed, process.rank, ROUTING_STREAM))
@@ -142,10 +145,7 @@ class _Run:
         rng.seed_everything(stream_seed(settings.seed, process.rank, DROPOUT_STREAM))  # dropout differs per rank
         if state is not None:
             self._load(state)
-        self.wrapped: nn.Module = self.model
-        if process.distributed:
-            ids = [process.local_rank] if process.device.type == "cuda" else None
-            self.wrapped = DistributedDataParallel(self.model, device_ids=ids)
+        self._check_fsdp_evaluation()
         self.forward_model: nn.Module = torch.compile(self.wrapped) if settings.compile else self.wrapped  # type: ignore[assignment]
         self.log = RunLog(self.run_dir / "metrics.jsonl", enabled=process.is_main)
         cfg = self.model.cfg
@@ -233,8 +233,7 @@ class _Run:
         return data
 
     def _load(self, state: dict[str, Any]) -> None:
-        ckpt.read_weights(self.checkpoint, self.model)
-        self.optimizer.load_state_dict(state["optimizer"])
+        parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.step, self.best_val, self.skipped = state["step"], state["best_val"], state["skipped"]
         self.saved_step = self.step
         rank, saved_world = self.process.rank, len(state["data_rng"])
@@ -248,6 +247,16 @@ class _Run:
             self.data_generator.set_state(state["data_rng"][rank])
             self.model.set_route_rng_state(state["router_rng"][rank])
             rng.restore(state["rng"][rank])
+
+    def _check_fsdp_evaluation(self) -> None:
+        """Under FSDP a forward pass gathers shards from every rank, so every rank must run as
+        many as the others: the validation batches must split evenly."""
+        world = self.process.world_size
+        if self.settings.parallel == "fsdp" and world > 1 and self.settings.eval_batches % world:
+            raise TrainingError(
+                f"train.parallel=fsdp needs train.eval_batches={self.settings.eval_batches} to be a multiple of "
+                f"the {world} processes: set it to {world * max(1, self.settings.eval_batches // world)}"
+            )
 
     def _barrier(self) -> None:
         if self.process.distributed:
@@ -314,8 +323,8 @@ class _Run:
                     print(f"checkpoint saved in {where}; continue with --resume latest", file=sys.stderr)
         progress.close()
         final = evaluation.val_loss if evaluation is not None else None
-        if main and not interrupted:
-            self._finish(final)
+        if not interrupted:
+            self._finish(final)  # every rank: under FSDP the sample needs the shards of all
         self.log.close()
         return TrainResult(self.step, final, self.skipped, interrupted, self.run_dir)
 
@@ -340,9 +349,7 @@ class _Run:
                 loss_sum += objective.lm_loss.detach().float()
                 last_output = objective.output
         loss = loss_sum / settings.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), settings.grad_clip if settings.grad_clip > 0 else math.inf
-        )
+        grad_norm = parallel.clip_gradients(self.model, settings.grad_clip if settings.grad_clip > 0 else math.inf)
         if not self._all_finite(loss, grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             return None
@@ -356,11 +363,8 @@ class _Run:
     @contextlib.contextmanager
     def _no_sync(self, last: bool) -> Iterator[None]:
         """Gradients are all-reduced once per update, on the last micro-batch."""
-        if last or not isinstance(self.wrapped, DistributedDataParallel):
+        with parallel.gradient_sync(self.wrapped, enabled=last):
             yield
-        else:
-            with self.wrapped.no_sync():
-                yield
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         device, dtype = self.process.device.type, self.settings.dtype
@@ -464,12 +468,16 @@ class _Run:
         if self.process.distributed:
             gathered = [{} for _ in range(self.process.world_size)]
             dist.all_gather_object(gathered, per_rank)
+        # Under FSDP both gather the shards to rank 0 (every rank takes part); else no copy
+        optimizer_state = parallel.full_optimizer_state(self.model, self.optimizer)
+        model = parallel.full_model(self.model, lambda: build_model(self.config))
         if self.process.is_main:
+            assert model is not None
             state = {
                 "step": self.step,
                 "best_val": self.best_val,
                 "skipped": self.skipped,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "config": self.config.to_dict(),
                 "tokenizer": self.tokenizer.to_json(),
                 "data_rng": [g["data_rng"] for g in gathered],
@@ -477,7 +485,7 @@ class _Run:
                 "rng": [g["rng"] for g in gathered],
             }
             where: Path | None = ckpt.save_checkpoint(
-                self.run_dir, self.step, self.model, state, self.settings.keep_last, is_best
+                self.run_dir, self.step, model, state, self.settings.keep_last, is_best
             )
         else:
             where = None
@@ -486,16 +494,22 @@ class _Run:
         return where
 
     def _finish(self, final: float | None) -> None:
-        if final is not None:
+        main = self.process.is_main
+        if final is not None and main:
             print(
                 f"final val loss {final:.4f} (perplexity {math.exp(final):.2f}) after {self.step} steps; "
                 f"{self.skipped} skipped; checkpoints in {ckpt.checkpoints_dir(self.run_dir)}"
             )
         if self.settings.sample_tokens:
-            prompt_len = max(self.model.min_prompt_len, 8)
+            model = parallel.full_model(self.model, lambda: build_model(self.config))
+            if model is None or not main:
+                return
+            model = model.to(self.process.device)
+            assert isinstance(model, DecoderEnds)
+            prompt_len = max(model.min_prompt_len, 8)
             prompt = torch.as_tensor(self.data.val[:prompt_len].astype("int64"))[None].to(self.process.device)
             out = generate(
-                self.model,
+                model,
                 prompt,
                 self.settings.sample_tokens,
                 temperature=0.8,
