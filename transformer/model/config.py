@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from transformer.errors import UserError
+from transformer.model.field_types import check_field_types
 
 POSITIONAL_CHOICES = ("learned", "sinusoidal", "rotary", "alibi", "none")
 NORM_CHOICES = ("layernorm", "rmsnorm")
@@ -53,6 +54,7 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        check_field_types(self, "model")
         for name in ("d_model", "n_heads", "n_layers", "n_ctx"):
             _require_positive(name, getattr(self, name))
         for name in ("d_vocab", "d_head", "d_mlp"):
