@@ -33,24 +33,36 @@ _WHAT = {
 
 def check_field_types(config: Any, section: str) -> None:
     """Raise a `ConfigError` naming `section.field` for the first value of the wrong type;
-    ints given for float fields become floats. A None is allowed where the field's default is
-    None (a size derived later in `__post_init__`)."""
+    ints given for float fields become floats. For `__post_init__`: Python callers meet the
+    same rules as YAML."""
+    values = {field.name: getattr(config, field.name) for field in fields(config)}
+    for name, checked in checked_values(type(config), values, section).items():
+        if type(checked) is not type(values[name]):
+            object.__setattr__(config, name, checked)
+
+
+def checked_values(cls: type, values: dict[str, Any], section: str) -> dict[str, Any]:
+    """`values` (field name -> value, every name a field of the dataclass `cls`) checked
+    against the field types, before the dataclass is made; ints for floats made floats. A
+    None is allowed where the field's default is None (a size derived in `__post_init__`)."""
     from pydantic import ValidationError
 
     from transformer.model.config import ConfigError
 
-    for field in fields(config):
-        value = getattr(config, field.name)
+    declared = {field.name: field for field in fields(cls)}
+    checked = dict(values)
+    for name, value in values.items():
+        field = declared[name]
         if value is None and field.default is None and field.default_factory is MISSING:
             continue
         try:
-            checked = _adapter(field.type).validate_python(value)  # type: ignore[arg-type]  # types hash
+            result = _adapter(field.type).validate_python(value)  # type: ignore[arg-type]  # types hash
         except ValidationError:
-            raise ConfigError(f"{section}.{field.name}={_shown(value)} must be {describe(field.type)}") from None
-        if isinstance(checked, int) and not isinstance(checked, bool) and not -INT_LIMIT < checked < INT_LIMIT:
-            raise ConfigError(f"{section}.{field.name}={checked} is too large (at most {INT_LIMIT - 1})")
-        if type(checked) is not type(value):
-            object.__setattr__(config, field.name, checked)
+            raise ConfigError(f"{section}.{name}={_shown(value)} must be {describe(field.type)}") from None
+        if isinstance(result, int) and not isinstance(result, bool) and not -INT_LIMIT < result < INT_LIMIT:
+            raise ConfigError(f"{section}.{name}={result} is too large (at most {INT_LIMIT - 1})")
+        checked[name] = result
+    return checked
 
 
 def describe(annotation: Any) -> str:

@@ -135,4 +135,4 @@ class RoutingConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RoutingConfig":
-        return cls(**checked_fields(cls, values, "RoutingConfig field"))
+        return cls(**checked_fields(cls, values, "RoutingConfig field", "routing"))

@@ -213,7 +213,7 @@ def parse_yaml(text: str, what: str) -> Any:
 
 
 def _settings_from_dict(values: dict[str, Any]) -> TrainSettings:
-    return replace(TrainSettings(), **checked_fields(TrainSettings, values, "train setting"))
+    return replace(TrainSettings(), **checked_fields(TrainSettings, values, "train setting", "train"))
 
 
 def load_run_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -244,7 +244,7 @@ def load_run_config(path: Path | None, overrides: list[str] | None = None) -> Ru
         )
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping with sections {list(SECTIONS)}")
-    return RunConfig.from_dict(with_overrides(values, overrides or []))
+    return RunConfig.from_dict(with_overrides(_mapping(values, "a run config"), overrides or []))
 
 
 def check_out_dir(settings: TrainSettings) -> None:
