@@ -95,3 +95,10 @@ def test_a_request_is_at_most_max_new_tokens() -> None:
             check_settings(huge, 1.0)
     with pytest.raises(GenerationError, match="must be between 0 and"):
         generate(padded_model(), PROMPT, 10**20)
+
+
+def test_each_steps_logits_own_only_their_row_not_the_forwards_output() -> None:
+    """Before, a step's logits were the view `logits[:, -1]` of the forward's batch x pos x d_vocab
+    output, so every kept step kept a whole forward alive (past n_ctx: n_ctx times the memory)."""
+    for _, logits in stream(padded_model(), PROMPT, 2 * N_CTX, temperature=0.0):
+        assert logits.untyped_storage().nbytes() == logits.numel() * logits.element_size() == D_VOCAB * 4

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from transformer.errors import UserError
 from transformer.inference.limits import MAX_NEW_TOKENS
-from transformer.inference.sampling import choose_next, next_token_logits
+from transformer.inference.sampling import choose_next, last_position, next_token_logits
 from transformer.model.decoder import DecoderEnds
 from transformer.model.kv_cache import KVCache
 
@@ -79,9 +79,9 @@ def check_prompt(model: DecoderEnds, prompt_len: int) -> None:
 def cached_logits(
     model: DecoderEnds, fresh: Int[Tensor, "batch new"], cache: KVCache
 ) -> Float[Tensor, "batch d_vocab"]:
-    """Feed the tokens the cache has not seen; the next-token logits after the last of them."""
-    last: Tensor = model(fresh, cache=cache).logits[:, -1].float()
-    return last
+    """Feed the tokens the cache has not seen; the next-token logits after the last of them
+    (a copy, as in `next_token_logits`: not a view holding the prefill's whole output)."""
+    return last_position(model(fresh, cache=cache).logits)
 
 
 @torch.no_grad()
