@@ -171,3 +171,14 @@ def test_an_out_dir_that_is_a_file_is_one_line_and_status_2(tmp_path: Path, caps
     code, _, err = run_cli(["train", "--set", f"train.out_dir={taken}"], capsys)
     assert code == 2
     assert err == f"transformer train: error: train.out_dir='{taken}': {taken} is a file, not a folder\n"
+
+
+@pytest.mark.parametrize("command", [["eval", "--run", "RUN"], ["routes", "--run", "RUN", "--data", "builtin"]])
+def test_a_seed_torch_cannot_take_is_refused_by_argparse(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, `--seed 10**30` reached `torch.Generator().manual_seed` and died with its ValueError."""
+    for value in (str(10**30), "-1"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--seed", value])
+        assert exit_info.value.code == 2 and "argument --seed:" in capsys.readouterr().err
