@@ -12,7 +12,7 @@ import torch
 
 from tests.helpers.tiny_runs import STILL_ROUTES, prime_routers, tiny_run_config
 from transformer.analysis.plotting import figures
-from transformer.analysis.plotting.runs import last_per_step, load_history, route_counts
+from transformer.analysis.plotting.runs import folder_names, last_per_step, load_history, route_counts
 from transformer.commands.main import main
 from transformer.inference.loading import load_trained
 from transformer.training.run_log import flops_per_token, read_log
@@ -66,6 +66,37 @@ def test_two_runs_get_a_comparison_and_only_routed_runs_get_routing_figures(
     assert_pngs(out, {"compare.png"})
     assert_pngs(out / "routed_N_3", ROUTED_FIGURES)
     assert_pngs(out / "plain", PLAIN_FIGURES)
+
+
+def test_labels_with_dots_slashes_or_repeats_stay_inside_out_in_distinct_folders(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Before: `--labels .. plain` wrote the plain run's figures into OUT/.. (outside OUT), and
+    two equal labels drew both runs into one folder, the second over the first."""
+    out = tmp_path / "nest" / "figures"
+    run_pair = [str(runs["plain"]), str(runs["plain"])]
+    assert main(["plot", *run_pair, "--out", str(out), "--labels", "..", "../.."]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["compare.png", "run", "run-2"]
+    assert [path.name for path in (tmp_path / "nest").iterdir()] == ["figures"]  # nothing beside OUT
+    assert main(["plot", *run_pair, "--out", str(tmp_path / "same"), "--labels", "a/b", "a_b"]) == 0
+    assert_pngs(tmp_path / "same" / "a_b", PLAIN_FIGURES)
+    assert_pngs(tmp_path / "same" / "a_b-2", PLAIN_FIGURES)
+
+
+@pytest.mark.parametrize(
+    ("labels", "names"),
+    [
+        (["..", ".", "/", ""], ["run", "run-2", "run-3", "run-4"]),
+        (["../../etc", "a/../b", "~/x", "-rf"], ["etc", "a_.._b", "x", "rf"]),
+        (["Run", "run", "RUN-2"], ["Run", "run-2", "RUN-2-2"]),  # case-insensitive file systems
+        (["compare.png", "x" * 300], ["compare.png-2", "x" * 80]),  # never the comparison figure's name
+    ],
+)
+def test_folder_names_are_single_safe_distinct_components(labels: list[str], names: list[str]) -> None:
+    made = folder_names(labels)
+    assert made == names
+    for name in made:
+        assert Path(name).name == name and name not in (".", "..") and not name.startswith(".")
 
 
 def test_compute_axis_counts_the_flops_the_trainer_counts(runs: dict[str, Path]) -> None:

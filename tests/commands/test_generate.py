@@ -2,8 +2,11 @@
 writes (checked against the uncached sampling loop), follow the chat commands, and turn every
 user error into one line on stderr and exit status 2."""
 
+import gc
 import io
+import weakref
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from tests.helpers.tiny_runs import tiny_run_config
 from transformer.commands.main import main
 from transformer.inference.loading import load_trained
 from transformer.inference.sampling import sample
+from transformer.training.config import build_model
 from transformer.training.trainer import train
 
 PROMPT = "The assert"  # 10 tokens (char tokenizer): the routed run's prefix is 4, n_ctx is 16
@@ -144,3 +148,60 @@ def test_user_errors_are_one_line_on_stderr_and_exit_2(
         assert code == 2
         assert err.startswith(f"transformer {command}: error: ") and message in err, err
         assert err.count("\n") == 1, err
+
+
+def test_generate_draws_only_ids_the_tokenizer_decodes_and_keeps_only_ids(
+    runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A d_vocab padded 8 above the tokenizer, the padding ids' logits far the largest: before,
+    `generate` drew them and the tokenizer dropped them from the text. And the command keeps no
+    step's logits once it has its id (before: every step's, d_vocab floats each)."""
+    from transformer.commands import generate as command
+    from transformer.inference import generation
+
+    run = load_trained(runs["plain"])
+    size = run.tokenizer.vocab_size
+    torch.manual_seed(0)
+    model = build_model(replace(run.config, model=replace(run.config.model, d_vocab=size + 8))).eval()
+    with torch.no_grad():
+        model.unembed.b_U[size:] = 50.0
+    padded = replace(run, model=model)
+    decoded: list[list[int]] = []
+    decode = run.tokenizer.decode
+
+    def recording_decode(ids: list[int]) -> str:
+        decoded.append(ids)
+        return decode(ids)
+
+    monkeypatch.setattr(run.tokenizer, "decode", recording_decode)
+    alive_at_end: list[int] = []
+    real_stream = generation.stream
+
+    def watched(*args: object, **kwargs: object) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        refs = []
+        for token, logits in real_stream(*args, **kwargs):  # type: ignore[arg-type]
+            refs.append(weakref.ref(logits))
+            yield token, logits
+            del logits
+        gc.collect()
+        alive_at_end.append(sum(ref() is not None for ref in refs))
+
+    monkeypatch.setattr(generation, "stream", watched)
+    settings = command.Settings(max_new_tokens=20, temperature=1.0, top_k=None, top_p=None)
+    text = command.continuation(padded, PROMPT, settings, torch.Generator().manual_seed(0))
+    assert len(decoded) == 1 and len(decoded[0]) == 20 and max(decoded[0]) < size
+    assert text == decode(decoded[0])
+    assert len(alive_at_end) == 1 and alive_at_end[0] <= 1  # at most the step in hand, not 20
+
+
+def test_huge_or_negative_token_counts_are_refused_before_loading(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Before, 10**20 new tokens ran until memory ran out (~70 MB/s)."""
+    code, _, err = run_cli(capsys, "generate", "--run", str(tmp_path), "--max-new-tokens", str(10**20))
+    assert code == 2 and "max_new_tokens=100000000000000000000 must be between 0 and 1,000,000" in err
+    for option, value in (("--max-new-tokens", "-5"), ("--top-k", "0"), ("--temperature", "nan"), ("--seed", "-1")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["generate", "--run", str(tmp_path), option, value])
+        assert exit_info.value.code == 2
+        assert f"argument {option}: '{value}' is not" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from transformer.model.config import ConfigError, ModelConfig
-from transformer.training.config import RunConfig, TrainSettings, build_model, load_run_config
+from transformer.training.config import RunConfig, TrainSettings, build_model, check_out_dir, load_run_config
 
 CONFIGS = Path(__file__).parent.parent.parent / "configs"
 
@@ -123,3 +123,107 @@ def test_round_trip_through_a_plain_dict() -> None:
     assert RunConfig.from_dict(config.to_dict()) == config
     filled = config.with_vocab(65)
     assert filled.to_dict()["model"]["d_vocab"] == 65 and RunConfig.from_dict(filled.to_dict()) == filled
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        # before: attn_only='abc' is truthy, so an attention-only model was built
+        ("model.attn_only=abc", "model.attn_only='abc' (a string) must be true or false"),
+        # before: True == 1, so training ran at lr 1.0
+        ("train.lr=true", "train.lr=True (a bool) must be a finite number"),
+        ("train.data=5", "train.data=5 (an integer) must be a string"),
+        ("train.out_dir=[a, b]", "train.out_dir=['a', 'b'] (a list) must be a string"),
+        ("model.d_model=64.0", "model.d_model=64.0 (a number) must be an integer"),
+        ("model.d_head=yes", "model.d_head=True (a bool) must be an integer"),
+        ("routing.skip=1", "routing.skip=1 (an integer) must be true or false"),
+        ("routing.capacity_factor=abc", "routing.capacity_factor='abc' (a string) must be a finite number or null"),
+        ("train.vocab_size=4096.5", "train.vocab_size=4096.5 (a number) must be an integer or null"),
+        ("train.weight_decay=.nan", "train.weight_decay=nan (a number) must be a finite number"),  # nan passed `< 0`
+        ("train.grad_clip=.inf", "train.grad_clip=inf (a number) must be a finite number"),
+        ("train.seed=99999999999999999999", "train.seed=99999999999999999999 is too large"),
+        ("train.compile={a: 1}", "train.compile={'a': 1} (a dict) must be true or false"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_an_error_naming_the_key(assignment: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_run_config(None, [assignment])
+    assert str(caught.value).startswith(message)
+
+
+def test_typed_fields_hold_their_declared_types_whichever_way_they_enter() -> None:
+    """An int for a float field becomes a float, from YAML and from Python alike; quoted
+    text stays text."""
+    config = load_run_config(None, ["train.lr=1", "routing.capacity_factor=2", "train.data='5'"])
+    assert type(config.train.lr) is float and config.train.lr == 1.0
+    assert config.routing is not None and type(config.routing.capacity_factor) is float
+    assert config.train.data == "5"
+    assert type(TrainSettings(min_lr=0).min_lr) is float
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ("model: [1, 2]\n", [], "config section 'model' must be a mapping of KEY: VALUE, not [1, 2]"),
+        ("train: 0\n", [], "config section 'train' must be a mapping of KEY: VALUE, not 0"),  # was read as {}
+        ("routing: true\n", [], "config section 'routing' must be a mapping of KEY: VALUE, not True"),
+        ("model: {}\n", ["routing=5"], "config section 'routing' must be a mapping of KEY: VALUE, not 5"),
+        ("model: [1]\n", ["model.d_model=8"], "--set 'model.d_model=8': config section 'model' is [1], not a mapping"),
+        ("model: {1: 2}\n", [], "config section 'model' has keys that are not names: [1]"),
+        ("[1, 2]\n", [], "must hold a mapping with sections"),
+        ("7: {}\n", [], "a run config has keys that are not names: [7]"),
+    ],
+)
+def test_every_section_must_be_a_mapping_of_names(
+    tmp_path: Path, text: str, overrides: list[str], message: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_run_config(path, overrides)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "{}\n", "---\n"])
+def test_an_empty_config_file_is_an_error_not_a_run_of_every_default(tmp_path: Path, text: str) -> None:
+    """Before, an empty file trained ModelConfig's defaults as a plain decoder, which is neither
+    the documented default run (tiny-routed.yaml) nor anything the file asked for."""
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"is empty: .* leave --config out for the default run"):
+        load_run_config(path)
+
+
+def test_unreadable_files_are_one_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("train: {data: café}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 17 is 0xe9\): save it as UTF-8"):
+        load_run_config(latin)
+    with pytest.raises(ConfigError, match="is a folder: give a YAML file"):
+        load_run_config(tmp_path)
+    duplicate = tmp_path / "twice.yaml"
+    duplicate.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")  # PyYAML alone keeps the last, silently
+    with pytest.raises(ConfigError, match="key 'lr' is given twice in one mapping"):
+        load_run_config(duplicate)
+    locked = tmp_path / "locked.yaml"
+    locked.write_text("train: {}\n")
+
+    def refuse(_: Path) -> bytes:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(ConfigError, match="cannot be read: Permission denied"):
+        load_run_config(locked)
+
+
+def test_a_set_value_that_is_not_yaml_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^--set 'train.lr=\[': the value is not valid YAML"):
+        load_run_config(None, ["train.lr=["])
+
+
+def test_an_out_dir_that_names_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("")
+    check_out_dir(TrainSettings(out_dir=str(tmp_path / "run")))  # a folder to be made: fine
+    for out_dir in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "run"):
+        with pytest.raises(ConfigError, match=r"notes.txt is a file, not a folder"):
+            check_out_dir(TrainSettings(out_dir=str(out_dir)))

@@ -22,7 +22,7 @@ import math
 from typing import Any
 
 from transformer.commands.errors import CommandError
-from transformer.commands.options import add_run_options, chosen_device
+from transformer.commands.options import add_run_options, chosen_device, seed_int
 
 
 def add_eval_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -61,7 +61,7 @@ def add_eval_command(commands: "argparse._SubParsersAction[argparse.ArgumentPars
         metavar="N",
         help="score targets at positions >= N (default: the model's rule: P for routed, all for plain)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds the window draw and the sampled routes")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seeds the window draw and the sampled routes")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     parser.set_defaults(handler=run_eval, prog=parser.prog)
 

@@ -15,7 +15,15 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
-from transformer.commands.options import add_run_options, chosen_device
+from transformer.commands.options import (
+    add_run_options,
+    chosen_device,
+    finite_float,
+    non_negative_int,
+    positive_int,
+    seed_int,
+)
+from transformer.inference.limits import MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
     import torch
@@ -47,21 +55,26 @@ def add_generate_commands(commands: Any) -> None:
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=non_negative_int,
+        default=200,
+        help=f"tokens to generate (default 200, at most {MAX_NEW_TOKENS:,})",
+    )
     parser.add_argument(
         "--temperature",
-        type=float,
+        type=finite_float,
         default=1.0,
         help="0: greedy; 1 (default): the model's own distribution; above 1: flatter",
     )
-    parser.add_argument("--top-k", type=int, default=None, help="sample only from the K most likely tokens")
+    parser.add_argument("--top-k", type=positive_int, default=None, help="sample only from the K most likely tokens")
     parser.add_argument(
         "--top-p",
-        type=float,
+        type=finite_float,
         default=None,
         help="sample only from the smallest set of most likely tokens holding probability P",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling (same seed: same text)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the sampling (same seed: same text)")
 
 
 @dataclass
@@ -105,14 +118,21 @@ def continuation(run: "TrainedRun", prompt: str, settings: Settings, generator: 
     """The text the model writes after `prompt`."""
     import torch
 
-    from transformer.inference.generation import generate
+    from transformer.inference.generation import stream
 
     ids = run.tokenizer.encode(prompt) or [run.tokenizer.eot_id]
     tokens = torch.tensor([ids], device=next(run.model.parameters()).device)
-    out = generate(
-        run.model, tokens, settings.max_new_tokens, settings.temperature, settings.top_k, settings.top_p, generator
+    steps = stream(
+        run.model,
+        tokens,
+        settings.max_new_tokens,
+        settings.temperature,
+        settings.top_k,
+        settings.top_p,
+        generator,
+        n_decodable=run.tokenizer.vocab_size,  # a padded d_vocab's extra ids have no text
     )
-    return run.tokenizer.decode(out.tokens[0, len(ids) :].tolist())
+    return run.tokenizer.decode([int(token) for token, _ in steps])  # the ids only: memory stays flat
 
 
 def chat(run: "TrainedRun", settings: Settings, generator: "torch.Generator", lines: TextIO) -> None:

@@ -2,8 +2,10 @@
 
 Each subcommand's parser names its handler (`set_defaults(handler=...)`); `main` calls it and is
 the one place a `UserError` becomes `transformer COMMAND: error: MESSAGE` on stderr with exit
-status 2, the form and status of argparse's own errors. Any other exception is a bug and keeps
-its traceback. Handlers import torch and the rest themselves, so `transformer --help` does not.
+status 2, the form and status of argparse's own errors, and where Ctrl-C (KeyboardInterrupt)
+becomes `transformer COMMAND: interrupted` with status 130 (128 + SIGINT, what a shell reports),
+so leaving `chat`, `eval` or `plot` early is never a traceback. Any other exception is a bug
+and keeps its traceback. Handlers import torch and the rest themselves, so `transformer --help` does not.
 """
 
 import argparse
@@ -18,6 +20,8 @@ from transformer.commands.routes import add_routes_command
 from transformer.commands.tokenizer import add_tokenizer_commands
 from transformer.commands.train import add_train_command
 from transformer.errors import UserError
+
+INTERRUPTED = 130  # 128 + SIGINT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"{args.prog}: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{args.prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED
     return status
 
 

@@ -2,6 +2,7 @@
 eval and routes spell, default and explain them alike."""
 
 import argparse
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,46 @@ from transformer.devices import DEVICE_CHOICES
 
 if TYPE_CHECKING:
     import torch
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (`--stop-at -5` is refused by argparse's own
+    one-line error, not run as a request to do nothing)."""
+    return _bounded_int(text, 1, "a whole number >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    return _bounded_int(text, 0, "a whole number >= 0")
+
+
+def seed_int(text: str) -> int:
+    """An argparse type: a seed torch's generators take, 0 <= seed < 2**63."""
+    value = _bounded_int(text, 0, "a whole number >= 0")
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large for a seed (at most 2**63 - 1)")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a number that is not nan or infinite (ranges are checked where it is used)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _bounded_int(text: str, least: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

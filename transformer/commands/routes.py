@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from transformer.commands.errors import CommandError
-from transformer.commands.options import add_run_options, chosen_device
+from transformer.commands.options import add_run_options, chosen_device, seed_int
 from transformer.commands.token_routes import FIGURE_NAME, figure_path, token_routes_command, token_summary
 
 
@@ -43,7 +43,7 @@ def add_routes_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     )
     parser.add_argument("--windows", type=int, default=200, metavar="N", help="windows drawn from each source")
     parser.add_argument("--permutations", type=int, default=100, help="label shuffles for the baseline")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the window draw and the label shuffles")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seeds the window draw and the label shuffles")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     token = parser.add_argument_group("token-routed runs")
     token.add_argument("--figure", metavar="PATH", default=None, help="write the token-route figure (PNG) here")

@@ -3,6 +3,8 @@
 import argparse
 from pathlib import Path
 
+from transformer.commands.options import positive_int
+
 
 def add_train_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = commands.add_parser(
@@ -25,7 +27,7 @@ def add_train_command(commands: "argparse._SubParsersAction[argparse.ArgumentPar
     )
     parser.add_argument(
         "--stop-at",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="STEP",
         help="stop (with a checkpoint) after this step, keeping the schedule of train.max_steps",
@@ -34,9 +36,10 @@ def add_train_command(commands: "argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from transformer.training.config import load_run_config
+    from transformer.training.config import check_out_dir, load_run_config
     from transformer.training.trainer import train
 
     config = load_run_config(args.config, args.overrides)
+    check_out_dir(config.train)
     result = train(config, resume=args.resume, stop_at=args.stop_at)
     return 130 if result.interrupted else 0

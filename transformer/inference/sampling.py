@@ -31,8 +31,14 @@ def filter_logits(
 
 
 def next_token_logits(model: DecoderEnds, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch d_vocab"]:
-    logits: Tensor = model(tokens).logits[:, -1].float()
-    return logits
+    """The last position's logits as a float32 copy: `[:, -1]` alone is a view that keeps the
+    forward's whole batch x pos x d_vocab output alive for as long as a caller keeps the step
+    (25 MB per step at n_ctx 128, d_vocab 50,304)."""
+    return last_position(model(tokens).logits)
+
+
+def last_position(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, "batch d_vocab"]:
+    return logits[:, -1].to(torch.float32, copy=True)
 
 
 def choose_next(

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from transformer.errors import UserError
+from transformer.model.field_types import check_field_types, checked_values
 
 POSITIONAL_CHOICES = ("learned", "sinusoidal", "rotary", "alibi", "none")
 NORM_CHOICES = ("layernorm", "rmsnorm")
@@ -53,6 +54,7 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        check_field_types(self, "model")
         for name in ("d_model", "n_heads", "n_layers", "n_ctx"):
             _require_positive(name, getattr(self, name))
         for name in ("d_vocab", "d_head", "d_mlp"):
@@ -116,22 +118,24 @@ class ModelConfig:
             if old in values:
                 value = "null" if values[old] is None else values[old]
                 raise ConfigError(f"model.{old} was renamed model.{new}: write {new}: {value}")
-        return cls(**checked_fields(cls, values, "ModelConfig field"))
+        return cls(**checked_fields(cls, values, "ModelConfig field", "model"))
 
 
-def checked_fields(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]:
+def checked_fields(cls: type, values: dict[str, Any], what: str, section: str) -> dict[str, Any]:
     """The values for a config dataclass: every key must be one of its fields (a misspelling
-    is an error listing the valid ones, never silently ignored), floats made floats."""
+    is an error listing the valid ones, never silently ignored), floats made floats, and
+    every value of its field's type (`field_types`), checked before the dataclass is made."""
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown {what}(s) {unknown}: valid {what}s are {sorted(known)}")
-    return coerce_floats(cls, values)
+    return checked_values(cls, coerce_floats(cls, values), section)
 
 
 def coerce_floats(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """YAML reads `3e-4` as a string (its floats need a dot) and `1` as an int: give float
-    fields floats, so configs can be written the way people write numbers."""
+    """YAML reads `3e-4` as a string (its floats need a dot): give float fields the number such
+    a string spells, so configs can be written the way people write numbers. Text that is no
+    number stays text, for `checked_values` to refuse with the key's name."""
     float_fields = {f.name for f in fields(cls) if f.type in (float, float | None)}
     coerced = dict(values)
     for name in float_fields & set(values):
@@ -140,9 +144,7 @@ def coerce_floats(cls: type, values: dict[str, Any]) -> dict[str, Any]:
             try:
                 coerced[name] = float(value)
             except ValueError:
-                raise ConfigError(f"{name}={value!r} must be a number") from None
-        elif isinstance(value, int) and not isinstance(value, bool):
-            coerced[name] = float(value)
+                pass
     return coerced
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from transformer.model.config import ConfigError, ModelConfig, checked_fields
+from transformer.model.field_types import check_field_types
 
 GRADIENT_CHOICES = ("p", "log_p", "log_p_baseline", "none")
 POLICY_CHOICES = ("learned", "random", "fixed")
@@ -43,6 +44,7 @@ class RoutingConfig:
     compute_weight: float = 0.0  # penalty per expected layer a token goes through (needs skip)
 
     def __post_init__(self) -> None:
+        check_field_types(self, "routing")
         if not isinstance(self.pool_size, int) or self.pool_size < 1:
             raise ConfigError(f"pool_size={self.pool_size!r} must be a positive integer")
         if not isinstance(self.route_prefix_len, int) or self.route_prefix_len < 1:
@@ -133,4 +135,4 @@ class RoutingConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RoutingConfig":
-        return cls(**checked_fields(cls, values, "RoutingConfig field"))
+        return cls(**checked_fields(cls, values, "RoutingConfig field", "routing"))

@@ -14,6 +14,7 @@ import yaml
 
 from transformer.model.config import ConfigError, ModelConfig, checked_fields
 from transformer.model.decoder import Decoder, DecoderEnds
+from transformer.model.field_types import check_field_types
 from transformer.routing.config import RoutingConfig
 from transformer.routing.decoder import RoutedDecoder
 from transformer.routing.token_decoder import TokenRoutedDecoder
@@ -55,6 +56,7 @@ class TrainSettings:
     out_dir: str = "runs/default"
 
     def __post_init__(self) -> None:
+        check_field_types(self, "train")
         for name in (
             "batch_size",
             "grad_accum",
@@ -126,15 +128,30 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        """Sections left out take their defaults (a left-out or null `routing`: a plain decoder)."""
+        values = _mapping(values, "a run config")
         unknown = sorted(set(values) - set(SECTIONS))
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}: valid sections are {list(SECTIONS)}")
-        routing = values.get("routing")
+        sections = {name: _mapping(values.get(name), f"config section {name!r}") for name in SECTIONS}
         return cls(
-            model=ModelConfig.from_dict(values.get("model") or {}),
-            routing=RoutingConfig.from_dict(routing) if routing is not None else None,
-            train=_settings_from_dict(values.get("train") or {}),
+            model=ModelConfig.from_dict(sections["model"]),
+            routing=RoutingConfig.from_dict(sections["routing"]) if values.get("routing") is not None else None,
+            train=_settings_from_dict(sections["train"]),
         )
+
+
+def _mapping(body: object, what: str) -> dict[str, Any]:
+    """`body` as a mapping with string keys (null: empty); anything else is a `ConfigError`, so
+    `model: [1, 2]` or `--set routing=5` is one line, not a TypeError three calls later."""
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise ConfigError(f"{what} must be a mapping of KEY: VALUE, not {body!r:.60}")
+    odd = [key for key in body if not isinstance(key, str)]
+    if odd:
+        raise ConfigError(f"{what} has keys that are not names: {odd!r:.60}")
+    return body
 
 
 def build_model(config: RunConfig) -> DecoderEnds:
@@ -162,30 +179,87 @@ def with_overrides(values: dict[str, Any], assignments: list[str]) -> dict[str, 
                 f"--set {assignment!r}: expected SECTION.KEY=VALUE with SECTION in {list(SECTIONS)} "
                 "(or routing=null for a plain decoder)"
             )
-        value = yaml.safe_load(raw)
+        value = parse_yaml(raw, f"--set {assignment!r}: the value")
         if not dot:  # routing=null
             values["routing"] = value
             continue
         if values.get(section) is None:
             values[section] = {}
-        values[section][name] = value
+        body = values[section]
+        if not isinstance(body, dict):
+            raise ConfigError(f"--set {assignment!r}: config section {section!r} is {body!r:.60}, not a mapping")
+        body[name.strip()] = value
     return values
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]  # yaml ships no types
+    """PyYAML's safe loader (plain data, no objects), except that a key given twice in one
+    mapping is an error: the default keeps the last silently, so `lr: 0.1` written twice in a
+    long config would train with whichever came last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark
+                )
+            seen.add(key if isinstance(key, (str, int, float, bool)) else id(key_node))
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep)
+        return mapping
+
+
+def parse_yaml(text: str, what: str) -> Any:
+    """`text` read as YAML (safe: plain data only, duplicate keys refused); a `ConfigError`
+    naming `what` when it is not valid YAML."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: plain data only
+    except (yaml.YAMLError, RecursionError) as error:
+        detail = " ".join(str(error).split())
+        raise ConfigError(f"{what} is not valid YAML: {detail}") from None
+
+
 def _settings_from_dict(values: dict[str, Any]) -> TrainSettings:
-    return replace(TrainSettings(), **checked_fields(TrainSettings, values, "train setting"))
+    return replace(TrainSettings(), **checked_fields(TrainSettings, values, "train setting", "train"))
 
 
 def load_run_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """A YAML file (or the default tiny routed model when None), then the overrides."""
+    """A YAML file (or the default tiny routed model when None), then the overrides.
+
+    An empty file (or one holding only comments or `{}`) is an error, not a run of every
+    class's defaults: leaving `--config` out is how to ask for the default run."""
     if path is None:
         path = Path(__file__).parent.parent / "configs" / "tiny-routed.yaml"
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder: give a YAML file, e.g. {path}/config.yaml")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x}): "
+            "save it as UTF-8"
+        ) from None
+    values = parse_yaml(text, f"config file {path}")
+    if values is None or values == {}:
+        raise ConfigError(
+            f"config file {path} is empty: give sections {list(SECTIONS)}, or leave --config out "
+            "for the default run (configs/tiny-routed.yaml)"
+        )
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping with sections {list(SECTIONS)}")
-    return RunConfig.from_dict(with_overrides(values, overrides or []))
+    return RunConfig.from_dict(with_overrides(_mapping(values, "a run config"), overrides or []))
+
+
+def check_out_dir(settings: TrainSettings) -> None:
+    """`train.out_dir` must be a folder or a path one can make: a file there (or a file
+    where one of its parents should be) is a `ConfigError` before any work, not a
+    FileExistsError after the data is loaded."""
+    path = Path(settings.out_dir)
+    for place in (path, *path.parents):
+        if place.exists() and not place.is_dir():
+            raise ConfigError(f"train.out_dir={settings.out_dir!r}: {place} is a file, not a folder")

@@ -515,6 +515,7 @@ class _Run:
                 temperature=0.8,
                 top_k=40,
                 generator=torch.Generator().manual_seed(self.settings.seed),
+                n_decodable=self.tokenizer.vocab_size,  # a padded d_vocab's extra ids have no text
             )
             print("sample:", self.tokenizer.decode(out.tokens[0].tolist()))
 

@@ -12,7 +12,7 @@ from transformer.analysis.plotting.runs import (
     PlotError,
     RunHistory,
     default_labels,
-    folder_name,
+    folder_names,
     load_history,
     route_counts,
 )
@@ -26,7 +26,8 @@ MISSING_MATPLOTLIB = "transformer plot needs matplotlib: pip install 'transforme
 
 def plot_runs(run_dirs: list[Path], out: Path | None = None, labels: list[str] | None = None) -> list[Path]:
     """Writes the figures of each run (in OUT/LABEL/ when there are several runs, with
-    compare.png in OUT) and returns the paths written. `out` defaults to RUN/plots for one
+    compare.png in OUT; LABEL made a safe, distinct folder name by `folder_names`) and
+    returns the paths written. `out` defaults to RUN/plots for one
     run and ./plots for several."""
     try:
         from transformer.analysis.plotting import figures
@@ -43,8 +44,8 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None, labels: list[str] |
     if out is None:
         out = run_dirs[0] / "plots" if len(run_dirs) == 1 else Path("plots")
     written = []
-    for index, history in enumerate(histories):
-        folder = out if len(histories) == 1 else out / folder_name(history.label)
+    folders = [out] if len(histories) == 1 else [out / name for name in folder_names(names)]
+    for index, (history, folder) in enumerate(zip(histories, folders, strict=True)):
         written += _plot_one(history, folder, figures.run_colour(index))
     if len(histories) > 1:
         written.append(figures.save(figures.compare_figure(histories), out / "compare.png"))

@@ -125,8 +125,30 @@ def default_labels(run_dirs: list[Path]) -> list[str]:
     return [f"{label} ({index})" for index, label in enumerate(labels)]
 
 
-def folder_name(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "run"
+RESERVED_NAMES = ("compare.png",)  # what plot_runs itself writes into --out beside the run folders
+
+
+def folder_names(labels: list[str]) -> list[str]:
+    """One folder name per run label, each a single, distinct name inside `--out`.
+
+    Labels are the user's (`--labels`) and may hold `..`, `/` or repeats; used as they are,
+    `../x` would write outside `--out` and two equal labels would overwrite each other's
+    figures. So: characters other than letters, digits, `.`, `_` and `-` become `_`; leading
+    and trailing `._-` go (no `..`, no hidden folder); at most 80 characters; an empty result
+    is `run`; and a name already taken (compared without case, as macOS and Windows do)
+    gets `-2`, `-3`, ... until it is free.
+    """
+    taken = {name.casefold() for name in RESERVED_NAMES}
+    names = []
+    for label in labels:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", label)[:80].strip("._-") or "run"
+        name, copy = base, 1
+        while name.casefold() in taken:
+            copy += 1
+            name = f"{base}-{copy}"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
 
 
 @dataclass
