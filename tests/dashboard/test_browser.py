@@ -58,7 +58,17 @@ def page(runs: Path) -> Iterator[tuple[Any, str]]:
     webdriver = pytest.importorskip("selenium.webdriver")
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    command = [sys.executable, "-m", "transformer", "dashboard", str(runs), "--port", str(port), "--poll-seconds", "0.5"]
+    command = [
+        sys.executable,
+        "-m",
+        "transformer",
+        "dashboard",
+        str(runs),
+        "--port",
+        str(port),
+        "--poll-seconds",
+        "0.5",
+    ]
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -105,7 +115,9 @@ def wait_until(driver: Any, script: str, seconds: float = 30.0) -> Any:
     raise AssertionError(f"not true within {seconds} s: {script}")
 
 
-SUMMARY_ROWS = "Array.from(document.querySelectorAll('#summary tbody tr')).map(r => Array.from(r.cells).map(c => c.textContent))"
+SUMMARY_ROWS = (
+    "Array.from(document.querySelectorAll('#summary tbody tr')).map(r => Array.from(r.cells).map(c => c.textContent))"
+)
 TRACES = "Array.from(document.querySelectorAll('#loss .js-plotly-plot')).flatMap(p => (p.data || []).map(t => ({name: t.name, y: Array.from(t.y)})))"
 
 

@@ -96,7 +96,7 @@ class _Run:
             ids = [process.local_rank] if process.device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(self.model, device_ids=ids)
         self.forward_model: nn.Module = torch.compile(self.wrapped) if settings.compile else self.wrapped  # type: ignore[assignment]
-        self.log = RunLog(self.run_dir / "metrics.jsonl", enabled=process.is_main)
+        self.log = RunLog(self.run_dir / "metrics.jsonl", enabled=process.is_main, tensorboard=settings.tensorboard)
         cfg = self.model.cfg
         self.tokens_per_step = settings.batch_size * cfg.n_ctx * settings.grad_accum * process.world_size
         self.flops_per_step = self.tokens_per_step * flops_per_token(
