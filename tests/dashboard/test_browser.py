@@ -26,7 +26,7 @@ from tests.helpers.tiny_runs import tiny_run_config
 from transformer.training.run_log import read_log
 from transformer.training.trainer import train
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # ~50 s on 2 busy cores; .ci/run runs it
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).is_file()), None)
 DRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver") if p and Path(p).is_file()), None)
@@ -118,7 +118,10 @@ def wait_until(driver: Any, script: str, seconds: float = 30.0) -> Any:
 SUMMARY_ROWS = (
     "Array.from(document.querySelectorAll('#summary tbody tr')).map(r => Array.from(r.cells).map(c => c.textContent))"
 )
-TRACES = "Array.from(document.querySelectorAll('#loss .js-plotly-plot')).flatMap(p => (p.data || []).map(t => ({name: t.name, y: Array.from(t.y)})))"
+TRACES = (
+    "Array.from(document.querySelectorAll('#loss .js-plotly-plot'))"
+    ".flatMap(p => (p.data || []).map(t => ({name: t.name, y: Array.from(t.y)})))"
+)
 
 
 def best_val(log: Path) -> float:

@@ -35,6 +35,7 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom
 .table td:first-child, .table th:first-child { text-align: left; }
 .table tr.differs td { background: #fff3c4; font-weight: 600; }
 .row { display: flex; gap: 1em; flex-wrap: wrap; align-items: end; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; }
 .row label { display: flex; flex-direction: column; font-size: 0.85em; }
 pre#sample { white-space: pre-wrap; background: #f6f6f6; padding: 0.8em; min-height: 2em; }
 .error { color: #b00020; }
@@ -177,13 +178,7 @@ def _layout(run_set: dd.RunSet, poll_seconds: float) -> html.Div:
                 className="row",
             ),
             dcc.Graph(id="loss"),
-            html.Div(
-                [
-                    html.Div(dcc.Graph(id="lr"), style={"flex": 1}),
-                    html.Div(dcc.Graph(id="throughput"), style={"flex": 1}),
-                ],
-                className="row",
-            ),
+            html.Div([dcc.Graph(id="lr"), dcc.Graph(id="throughput")], className="pair"),
             html.H2("Summary"),
             html.Div(id="summary"),
             html.H2("Configs"),
