@@ -2,7 +2,7 @@
 
 Starts the dashboard on the runs given, opens it in headless Debian Chromium through Selenium
 (as tests/dashboard/test_browser.py does), samples from the first run with the default prompt
-so the prompt panel is filled in too, and saves one tall screenshot.
+(further down the page), and saves a screenshot of the top: the curves and the summary table.
 
 Usage: python tools/dashboard_screenshot.py RUN_OR_PARENT... [--out docs/results/dashboard.png]
 """
@@ -22,7 +22,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--out", type=Path, default=Path("docs/results/dashboard.png"))
-    parser.add_argument("--size", default="1400,2000", help="window width,height in pixels")
+    parser.add_argument("--size", default="1400,1500", help="window width,height in pixels")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--driver", default="/usr/bin/chromedriver")
     args = parser.parse_args()
@@ -48,6 +48,8 @@ def main() -> int:
             time.sleep(4)  # the first refresh draws every chart
             driver.find_element("id", "generate").click()
             time.sleep(4)
+            driver.execute_script("window.scrollTo(0, 0);")  # the click scrolled down to the button
+            time.sleep(1)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(args.out))
         finally:

@@ -13,6 +13,7 @@ A timer re-reads the logs that grew (`RunSet.refresh`), so a run still training 
 the page; nothing is redrawn while the logs stand still.
 """
 
+import logging
 import re
 import threading
 from pathlib import Path
@@ -212,5 +213,6 @@ def _layout(run_set: dd.RunSet, poll_seconds: float) -> html.Div:
 
 def serve(run_dirs: list[Path], host: str = "127.0.0.1", port: int = 8050, poll_seconds: float = 5.0) -> None:
     app = create_app(dd.RunSet(run_dirs), poll_seconds)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per poll of every open page
     print(f"transformer dashboard: http://{host}:{port}/ ({len(run_dirs)} runs; Ctrl-C stops)", flush=True)
     app.run(host=host, port=port, debug=False)
