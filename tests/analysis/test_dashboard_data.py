@@ -179,3 +179,17 @@ def test_a_sample_is_the_seeded_generation_and_a_short_prompt_is_refused(runs: d
 def test_perplexity_is_e_to_the_loss() -> None:
     assert dd.perplexity(None) is None
     assert dd.perplexity(1.0) == pytest.approx(math.e)
+
+
+def test_the_loss_at_a_budget_is_read_off_the_eval_curve_in_log_flops(runs: dict[str, Path]) -> None:
+    history = load_history(runs["plain"], "plain")
+    curve = dd.series(history, "eval", "val_loss", "flops")  # evaluations at steps 3 and 6
+    assert dd.loss_at_compute(history, curve.x[0]) == pytest.approx(curve.y[0])
+    assert dd.loss_at_compute(history, curve.x[1]) == pytest.approx(curve.y[1])
+    middle = math.sqrt(curve.x[0] * curve.x[1])  # halfway on the log axis
+    assert dd.loss_at_compute(history, middle) == pytest.approx((curve.y[0] + curve.y[1]) / 2)
+    assert dd.loss_at_compute(history, curve.x[1] * 1.01) is None  # beyond what the run has done
+    assert dd.loss_at_compute(history, 10 ** math.log10(curve.x[1])) == pytest.approx(curve.y[1])  # the slider's way
+    routed = load_history(runs["routed"], "routed")
+    low, high = dd.common_compute([history, routed]) or (0.0, 0.0)
+    assert low == max(curve.x[0], dd.series(routed, "eval", "val_loss", "flops").x[0]) and high > low

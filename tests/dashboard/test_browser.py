@@ -145,6 +145,11 @@ def test_the_page_shows_both_runs_tables_and_plots_with_the_logged_numbers(
     logged = [r["val_loss"] for r in read_log(runs / "routed" / "metrics.jsonl") if r["kind"] == "eval"]
     assert traces["routed val"] == pytest.approx(logged)
 
+    at_budget = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#equal-compute tbody tr')).map(r => r.cells[1].textContent);"
+    )
+    assert len(at_budget) == 2 and all(float(loss) > 0 for loss in at_budget)  # both runs read at one budget
+
     differs = driver.execute_script(
         "return Array.from(document.querySelectorAll('#config tr.differs td:first-child')).map(c => c.textContent);"
     )
@@ -170,7 +175,10 @@ def test_a_growing_log_reaches_the_page_and_the_prompt_panel_samples_and_draws(
         log.write(json.dumps({"kind": "eval", "step": 7, "tokens": 448, "val_loss": 0.125}) + "\n")
     wait_until(driver, f"{SUMMARY_ROWS}.some(r => r[0] == 'plain' && r[6] == '0.1250' && r[4] == '7')")
 
-    driver.find_element("id", "generate").click()  # the first run, plain, from the default prompt
+    prompt = driver.find_element("id", "prompt")
+    prompt.clear()
+    prompt.send_keys("def main():")
+    driver.find_element("id", "generate").click()  # the first run, plain
     text = wait_until(driver, "document.getElementById('sample').textContent")
     assert text.startswith("def main():") and len(text) > len("def main():")
     driver.find_element("id", "look").click()

@@ -125,6 +125,28 @@ def series(history: RunHistory, kind: str, key: str, x_axis: str = "step") -> Se
     return Series(f"{history.label} {kind} {key}", x, y)
 
 
+def loss_at_compute(history: RunHistory, flops: float) -> float | None:
+    """The run's validation loss at a training-compute budget, read off its eval curve by
+    linear interpolation in log FLOPs (the axis the comparison is drawn on); None outside the
+    FLOPs the run has evaluated at, or without a model size. The equal-compute question "which
+    run is better for the same work?" is answered at one x for all runs, not at their last steps."""
+    curve = series(history, "eval", "val_loss", "flops")
+    slack = 1e-9  # a budget that went through log10 and back is off in the last digits
+    if not curve.x or flops <= 0 or not curve.x[0] * (1 - slack) <= flops <= curve.x[-1] * (1 + slack):
+        return None
+    return float(np.interp(math.log(flops), np.log(curve.x), curve.y))
+
+
+def common_compute(histories: Sequence[RunHistory]) -> tuple[float, float] | None:
+    """The FLOPs range every run has evaluated over (None when they share none): the budgets at
+    which all of them can be compared."""
+    curves = [series(h, "eval", "val_loss", "flops") for h in histories]
+    if any(not c.x for c in curves):
+        return None
+    low, high = max(c.x[0] for c in curves), min(c.x[-1] for c in curves)
+    return (low, high) if low <= high else None
+
+
 # --- tables ----------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ the page; nothing is redrawn while the logs stand still.
 """
 
 import logging
+import math
 import re
 import threading
 from pathlib import Path
@@ -41,6 +42,9 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom
 pre#sample { white-space: pre-wrap; background: #f6f6f6; padding: 0.8em; min-height: 2em; }
 .error { color: #b00020; }
 """
+
+# Longer than a routed model's routing prefix in the shipped configs (16 tokens for char models).
+DEFAULT_PROMPT = "for name in names:\n    print(name)"
 
 INDEX = (
     "<!DOCTYPE html><html><head>{%metas%}<title>{%title%}</title>{%favicon%}{%css%}"
@@ -82,13 +86,18 @@ def create_app(run_set: dd.RunSet, poll_seconds: float = 5.0) -> Dash:
         Output("config", "children"),
         Output("routing", "children"),
         Output("status", "children"),
+        Output("budget", "min"),
+        Output("budget", "max"),
+        Output("budget", "value"),
+        Output("budget", "marks"),
         Output("seen", "data"),
         Input("poll", "n_intervals"),
         Input("x-axis", "value"),
         Input("only-differences", "value"),
         State("seen", "data"),
+        State("budget", "value"),
     )
-    def refresh(_: int, x_axis: str, only: list[str], seen: int) -> tuple[Any, ...]:
+    def refresh(_: int, x_axis: str, only: list[str], seen: int, budget: float | None) -> tuple[Any, ...]:
         with lock:
             run_set.refresh()
             if ctx.triggered_id == "poll" and seen == run_set.version:
@@ -102,6 +111,7 @@ def create_app(run_set: dd.RunSet, poll_seconds: float = 5.0) -> Dash:
                 dcc.Graph(figure=figures.usage_figure(history), id=f"usage-{element_id(history.label)}"),
                 dcc.Graph(figure=figures.entropy_figure(history), id=f"entropy-{element_id(history.label)}"),
             ]
+        low, high, budget, marks = _budget_range(histories, budget)
         last_steps = ", ".join(f"{h.label}: step {dd.summary_row(h).steps}" for h in histories)
         return (
             figures.loss_figure(histories, x_axis),
@@ -111,8 +121,22 @@ def create_app(run_set: dd.RunSet, poll_seconds: float = 5.0) -> Dash:
             figures.config_table(histories, bool(only)),
             routing or html.P("No routed run among these."),
             f"{len(histories)} runs ({last_steps}); logs re-read every {poll_seconds:g} s",
+            low,
+            high,
+            budget,
+            marks,
             version,
         )
+
+    @app.callback(Output("equal-compute", "children"), Input("budget", "value"), Input("seen", "data"))
+    def equal_compute(budget: float | None, _: int) -> Any:
+        with lock:
+            histories = list(run_set.histories)
+        if budget is None or dd.common_compute(histories) is None:
+            return html.P(
+                "No training-compute range that every run has evaluated over (a run without a checkpoint has no FLOPs)."
+            )
+        return figures.equal_compute_table(histories, 10.0**budget)
 
     @app.callback(
         Output("sample", "children"),
@@ -152,6 +176,17 @@ def create_app(run_set: dd.RunSet, poll_seconds: float = 5.0) -> Dash:
     return app
 
 
+def _budget_range(histories: list[Any], budget: float | None) -> tuple[float, float, float | None, dict[int, str]]:
+    """The slider's range in log10 FLOPs (the compute every run has evaluated over) and its
+    value: the user's budget while it stays in range, else the largest common one."""
+    shared = dd.common_compute(histories)
+    if shared is None:
+        return 0.0, 1.0, None, {}
+    low, high = math.log10(shared[0]), math.log10(shared[1])
+    marks = {e: f"1e{e}" for e in range(math.ceil(low), math.floor(high) + 1)}
+    return low, high, budget if budget is not None and low <= budget <= high else high, marks
+
+
 def element_id(label: str) -> str:
     """A run's label as a page element id (Dash reserves the dot; CSS selectors dislike the rest)."""
     return re.sub(r"[^A-Za-z0-9_-]+", "_", label)
@@ -182,6 +217,12 @@ def _layout(run_set: dd.RunSet, poll_seconds: float) -> html.Div:
             html.Div([dcc.Graph(id="lr"), dcc.Graph(id="throughput")], className="pair"),
             html.H2("Summary"),
             html.Div(id="summary"),
+            html.H2("Equal compute"),
+            html.P(
+                "Validation loss of every run at one training-compute budget (log10 FLOPs), read off its eval curve."
+            ),
+            dcc.Slider(id="budget", min=0, max=1, step=0.01, value=None, tooltip={"placement": "bottom"}),
+            html.Div(id="equal-compute"),
             html.H2("Configs"),
             dcc.Checklist(id="only-differences", options=[{"label": " only the settings that differ", "value": "on"}]),
             html.Div(id="config"),
@@ -203,7 +244,7 @@ def _layout(run_set: dd.RunSet, poll_seconds: float) -> html.Div:
                 ],
                 className="row",
             ),
-            dcc.Textarea(id="prompt", value="def main():", style={"width": "100%", "height": "4em"}),
+            dcc.Textarea(id="prompt", value=DEFAULT_PROMPT, style={"width": "100%", "height": "4em"}),
             html.Div([html.Button("Generate", id="generate"), html.Button("Attention / routes", id="look")]),
             html.Pre(id="sample"),
             html.Div(id="prompt-view"),

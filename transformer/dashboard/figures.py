@@ -229,3 +229,17 @@ def config_table(histories: Sequence[RunHistory], only_differences: bool) -> htm
         [html.Thead(html.Tr([html.Th("setting")] + [html.Th(run) for run in table.runs])), html.Tbody(rows)],
         className="table",
     )
+
+
+def equal_compute_table(histories: Sequence[RunHistory], flops: float) -> html.Table:
+    rows = []
+    for history in histories:
+        loss = dd.loss_at_compute(history, flops)
+        rows.append(html.Tr([html.Td(history.label), html.Td(_number(loss)), html.Td(_number(dd.perplexity(loss), 3))]))
+    return html.Table(
+        [
+            html.Thead(html.Tr([html.Th("run"), html.Th(f"val loss at {flops:.3g} FLOPs"), html.Th("perplexity")])),
+            html.Tbody(rows),
+        ],
+        className="table",
+    )
