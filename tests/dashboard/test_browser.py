@@ -89,7 +89,7 @@ def page(runs: Path) -> Iterator[tuple[Any, str]]:
         server.wait(timeout=10)
 
 
-def wait_for_server(url: str, server: "subprocess.Popen[str]", seconds: float = 60.0) -> None:
+def wait_for_server(url: str, server: "subprocess.Popen[str]", seconds: float = 120.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -104,7 +104,7 @@ def wait_for_server(url: str, server: "subprocess.Popen[str]", seconds: float = 
     raise AssertionError(f"the dashboard did not answer at {url} within {seconds} s")
 
 
-def wait_until(driver: Any, script: str, seconds: float = 30.0) -> Any:
+def wait_until(driver: Any, script: str, seconds: float = 60.0) -> Any:
     """Polls a JavaScript expression until it is truthy; returns its value."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -175,15 +175,21 @@ def test_a_growing_log_reaches_the_page_and_the_prompt_panel_samples_and_draws(
         log.write(json.dumps({"kind": "eval", "step": 7, "tokens": 448, "val_loss": 0.125}) + "\n")
     wait_until(driver, f"{SUMMARY_ROWS}.some(r => r[0] == 'plain' && r[6] == '0.1250' && r[4] == '7')")
 
-    prompt = driver.find_element("id", "prompt")
-    prompt.clear()
-    prompt.send_keys("def main():")
+    keys = pytest.importorskip("selenium.webdriver.common.keys").Keys
+    for field, value in (("prompt", "def main():"), ("new-tokens", "20")):
+        element = driver.find_element("id", field)
+        element.send_keys(keys.CONTROL, "a")  # as a user would: clear() bypasses the page's own state
+        element.send_keys(keys.DELETE)
+        element.send_keys(value)
+        assert driver.execute_script(f"return document.getElementById('{field}').value;") == value
     driver.find_element("id", "generate").click()  # the first run, plain
-    text = wait_until(driver, "document.getElementById('sample').textContent")
-    assert text.startswith("def main():") and len(text) > len("def main():")
+    text = wait_until(driver, "document.getElementById('sample').textContent", seconds=90)
+    assert text.startswith("def main():") and len(text) > len("def main():")  # 20 tokens, not always 20 chars
     driver.find_element("id", "look").click()
     heatmaps = wait_until(
-        driver, "Array.from(document.querySelectorAll('#prompt-view .js-plotly-plot')).flatMap(p => p.data || [])"
+        driver,
+        "Array.from(document.querySelectorAll('#prompt-view .js-plotly-plot')).flatMap(p => p.data || [])",
+        seconds=90,
     )
     assert len(heatmaps) == 4  # 2 layers x 2 heads
     assert all(len(h["z"]) == len("def main():") for h in heatmaps)
