@@ -13,29 +13,35 @@ import torch
 from tests.helpers.tiny_runs import tiny_run_config
 from transformer.analysis import dashboard_data as dd
 from transformer.analysis.plotting.runs import load_history
+from transformer.analysis.token_routes import token_choices
 from transformer.inference.generation import GenerationError, generate
 from transformer.inference.loading import load_trained
 from transformer.model.decoder import Decoder
 from transformer.routing.decoder import as_routed
+from transformer.routing.token_decoder import TokenRoutedDecoder
 from transformer.training.run_log import read_log
 from transformer.training.trainer import train
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    """A routed, a token-routed and a plain run of 6 steps, under one parent folder."""
+    """A routed and a plain run of 6 steps, under one parent folder."""
     root = tmp_path_factory.mktemp("dashboard_runs")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRANSFORMER_CACHE", str(root / "cache"))
         made = {}
-        for name, routed, extra in (
-            ("routed", True, ()),
-            ("token", True, ("routing.granularity=token",)),
-            ("plain", False, ()),
-        ):
-            config = tiny_run_config(root / "work" / name, routed, f"train.out_dir={root / 'runs' / name}", *extra)
+        for name, routed in (("routed", True), ("plain", False)):
+            config = tiny_run_config(root / "work" / name, routed, f"train.out_dir={root / 'runs' / name}")
             made[name] = Path(train(config).run_dir)
         yield made
+
+
+@pytest.fixture(scope="module")
+def token_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("dashboard_token_run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRANSFORMER_CACHE", str(root / "cache"))
+        yield Path(train(tiny_run_config(root, True, "routing.granularity=token")).run_dir)
 
 
 def test_a_parent_folder_gives_every_run_below_it_and_a_run_folder_gives_itself(runs: dict[str, Path]) -> None:
@@ -81,7 +87,6 @@ def test_the_summary_gives_size_best_loss_and_compute(runs: dict[str, Path]) -> 
     assert row.total_flops == 6 * 64 * history.size.flops_per_token
     assert row.parameters is not None and row.active_parameters is not None
     assert row.parameters > row.active_parameters  # a pool of 3 layers, of which 2 run per token
-    assert dd.summary_row(load_history(runs["token"], "token")).kind == "token-routed"
     assert dd.summary_row(load_history(runs["plain"], "plain")).kind == "plain"
 
 
@@ -155,10 +160,6 @@ def test_routes_of_a_prompt_follow_the_model(runs: dict[str, Path]) -> None:
     assert view.choices.shape == (2, 8) and view.entries == ["layer 0", "layer 1", "layer 2"]
     path = as_routed(routed.model)(torch.tensor([routed.tokenizer.encode("class A:")])).routing.layer_choices[0]
     assert (view.choices == path.numpy()[:, None]).all()
-    token = load_trained(runs["token"])
-    token_view = dd.route_view(token, "class A:")
-    assert token_view.choices.shape == (2, 8)
-    assert token_view.choices.max() < 3
     with pytest.raises(dd.DashboardError):
         dd.route_view(load_trained(runs["plain"]), "class A:")
     with pytest.raises(dd.DashboardError, match="plain decoders"):
@@ -193,3 +194,14 @@ def test_the_loss_at_a_budget_is_read_off_the_eval_curve_in_log_flops(runs: dict
     routed = load_history(runs["routed"], "routed")
     low, high = dd.common_compute([history, routed]) or (0.0, 0.0)
     assert low == max(curve.x[0], dd.series(routed, "eval", "val_loss", "flops").x[0]) and high > low
+
+
+@pytest.mark.slow
+def test_a_token_routed_run_is_named_so_and_each_token_shows_its_own_choices(token_run: Path) -> None:
+    assert dd.summary_row(load_history(token_run, "token")).kind == "token-routed"
+    run = load_trained(token_run)
+    assert isinstance(run.model, TokenRoutedDecoder)
+    view = dd.route_view(run, "class A:")
+    choices, _ = token_choices(run.model, torch.tensor([run.tokenizer.encode("class A:")]))
+    assert view.choices.shape == (2, 8) and (view.choices == choices[0].T.numpy()).all()
+    assert view.entries == ["layer 0", "layer 1", "layer 2"]
