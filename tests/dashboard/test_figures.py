@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transformer.analysis import dashboard_data as dd
+from transformer.analysis import prompt_views as pv
 from transformer.analysis.plotting.runs import ModelSize, RunHistory
 from transformer.training.config import load_run_config
 
@@ -48,10 +48,10 @@ def test_the_summary_and_config_tables_hold_each_run_and_highlight_differences()
 
 
 def test_prompt_views_draw_their_arrays() -> None:
-    attention = dd.AttentionView(["a", "b"], np.array([[[[1.0, 0.0], [0.25, 0.75]]]]))
+    attention = pv.AttentionView(["a", "b"], np.array([[[[1.0, 0.0], [0.25, 0.75]]]]))
     chart = figures.attention_figure(attention, "run")
     assert len(chart.data) == 1 and list(chart.data[0].z[1]) == [0.25, 0.75]
-    routes = dd.RouteView(["a", "b", "c"], np.array([[0, 1, 2], [2, 2, 0]]), ["layer 0", "layer 1", "skip"])
+    routes = pv.RouteView(["a", "b", "c"], np.array([[0, 1, 2], [2, 2, 0]]), ["layer 0", "layer 1", "skip"])
     chart = figures.route_figure(routes, "run")
     assert [list(row) for row in chart.data[0].z] == [[0, 1, 2], [2, 2, 0]]
     assert list(chart.data[0].colorbar.ticktext) == ["layer 0", "layer 1", "skip"]

@@ -24,6 +24,7 @@ from dash import Dash, Input, Output, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
 from transformer.analysis import dashboard_data as dd
+from transformer.analysis import prompt_views as pv
 from transformer.dashboard import figures
 from transformer.errors import UserError
 from transformer.inference.loading import TrainedRun, load_trained
@@ -152,7 +153,7 @@ def create_app(run_set: dd.RunSet, poll_seconds: float = 5.0) -> Dash:
     def sample(_: int, label: str, which: str, prompt: str, new_tokens: int, temperature: float, seed: int) -> Any:
         try:
             run = models.get(run_set.history(label).run_dir, which)
-            return dd.sample_text(run, prompt or "", int(new_tokens or 0), float(temperature or 0), int(seed or 0))
+            return pv.sample_text(run, prompt or "", int(new_tokens or 0), float(temperature or 0), int(seed or 0))
         except UserError as error:
             return html.Span(f"error: {error}", className="error")
 
@@ -168,8 +169,8 @@ def create_app(run_set: dd.RunSet, poll_seconds: float = 5.0) -> Dash:
         try:
             run = models.get(run_set.history(label).run_dir, which)
             if run.model.kind == "plain":
-                return dcc.Graph(figure=figures.attention_figure(dd.attention_view(run, prompt or ""), label))
-            return dcc.Graph(figure=figures.route_figure(dd.route_view(run, prompt or ""), label))
+                return dcc.Graph(figure=figures.attention_figure(pv.attention_view(run, prompt or ""), label))
+            return dcc.Graph(figure=figures.route_figure(pv.route_view(run, prompt or ""), label))
         except UserError as error:
             return html.P(f"error: {error}", className="error")
 

@@ -13,6 +13,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from transformer.analysis import dashboard_data as dd
+from transformer.analysis import prompt_views as pv
 from transformer.analysis.plotting.runs import RunHistory
 
 COLOURS = qualitative.Plotly
@@ -104,7 +105,7 @@ def entropy_figure(history: RunHistory) -> go.Figure:
     return _layout(figure, f"{history.label}: routing entropy (nats; ln N is even use)", "step", "entropy")
 
 
-def attention_figure(view: dd.AttentionView, label: str) -> go.Figure:
+def attention_figure(view: pv.AttentionView, label: str) -> go.Figure:
     layers, heads = view.patterns.shape[:2]
     figure = make_subplots(
         rows=layers,
@@ -141,7 +142,7 @@ def attention_figure(view: dd.AttentionView, label: str) -> go.Figure:
     return figure
 
 
-def route_figure(view: dd.RouteView, label: str) -> go.Figure:
+def route_figure(view: pv.RouteView, label: str) -> go.Figure:
     steps, positions = view.choices.shape
     figure = go.Figure(
         go.Heatmap(
