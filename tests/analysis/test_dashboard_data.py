@@ -119,3 +119,14 @@ def test_the_loss_at_a_budget_is_read_off_the_eval_curve_in_log_flops(runs: dict
     routed = load_history(runs["routed"], "routed")
     low, high = dd.common_compute([history, routed]) or (0.0, 0.0)
     assert low == max(curve.x[0], dd.series(routed, "eval", "val_loss", "flops").x[0]) and high > low
+
+
+def test_a_run_that_has_not_logged_yet_is_shown_empty_until_it_does(tmp_path: Path) -> None:
+    log = tmp_path / "starting" / "metrics.jsonl"
+    log.parent.mkdir()
+    log.write_text("")  # the trainer opens its log before the first step ends
+    run_set = dd.RunSet([log.parent])
+    row = dd.summary_row(run_set.history("starting"))
+    assert (row.steps, row.tokens, row.best_val_loss, row.total_flops) == (0, None, None, None)
+    log.write_text(json.dumps({"kind": "train", "step": 1, "tokens": 64, "loss": 5.0}) + "\n")
+    assert run_set.refresh() and dd.summary_row(run_set.history("starting")).steps == 1

@@ -50,6 +50,16 @@ def _stamp(run_dir: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
+def _load(run_dir: Path, label: str) -> RunHistory:
+    """The run's history; a run that has not logged its first step yet is shown empty, not refused."""
+    try:
+        return load_history(run_dir, label)
+    except PlotError as error:
+        if "no train or eval records yet" not in str(error):
+            raise
+        return RunHistory(label, run_dir, [], [], notes=[str(error)])
+
+
 class RunSet:
     """The runs on show, re-read when their logs change. `version` counts the changes seen, so
     a page can ask "anything new since version v?" without comparing histories."""
@@ -60,7 +70,7 @@ class RunSet:
         self.run_dirs = list(run_dirs)
         self.labels = default_labels(self.run_dirs)
         self._stamps = [_stamp(run_dir) for run_dir in self.run_dirs]
-        self.histories = [load_history(d, label) for d, label in zip(self.run_dirs, self.labels, strict=True)]
+        self.histories = [_load(d, label) for d, label in zip(self.run_dirs, self.labels, strict=True)]
         self.version = 0
 
     def refresh(self) -> bool:
@@ -70,7 +80,7 @@ class RunSet:
             stamp = _stamp(run_dir)
             if stamp != self._stamps[index]:
                 self._stamps[index] = stamp
-                self.histories[index] = load_history(run_dir, self.labels[index])
+                self.histories[index] = _load(run_dir, self.labels[index])
                 changed = True
         if changed:
             self.version += 1
@@ -164,7 +174,7 @@ def run_kind(history: RunHistory) -> str:
 def summary_row(history: RunHistory) -> SummaryRow:
     evals = [r for r in history.eval if r.get("val_loss") is not None]
     best = min(evals, key=lambda r: float(r["val_loss"])) if evals else None
-    last = max(history.train + history.eval, key=lambda r: int(r["step"]))
+    last = max(history.train + history.eval, key=lambda r: int(r["step"]), default={"step": 0})
     rates = [float(r["tokens_per_s"]) for r in history.train if r.get("tokens_per_s") is not None]
     return SummaryRow(
         run=history.label,
