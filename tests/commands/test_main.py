@@ -16,7 +16,7 @@ from transformer.commands.main import build_parser, main
 from transformer.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "numpy", "tokenizers", "matplotlib")
+HEAVY = ("torch", "numpy", "tokenizers", "matplotlib", "dash", "plotly")
 
 
 def _imported_modules(*argv: str) -> set[str]:
@@ -44,6 +44,7 @@ def _imported_modules(*argv: str) -> set[str]:
         ["chat", "--help"],
         ["routes", "--help"],
         ["plot", "--help"],
+        ["dashboard", "--help"],
         ["tokenizer", "train", "--help"],
     ],
 )

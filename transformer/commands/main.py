@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from transformer.commands.dashboard import add_dashboard_command
 from transformer.commands.data import add_data_commands
 from transformer.commands.eval import add_eval_command
 from transformer.commands.generate import add_generate_commands
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plot_command(commands)
     add_eval_command(commands)
     add_routes_command(commands)
+    add_dashboard_command(commands)
     return parser
 
 

@@ -54,6 +54,7 @@ class TrainSettings:
     dist_timeout_s: float = 600.0  # DDP: seconds a rank waits for a dead or stalled peer before every rank stops
     sample_tokens: int = 200
     out_dir: str = "runs/default"
+    tensorboard: bool = False  # also write the metrics to out_dir/tensorboard/ (the tensorboard extra)
 
     def __post_init__(self) -> None:
         check_field_types(self, "train")
@@ -87,6 +88,8 @@ class TrainSettings:
             raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError(f"train.beta1={self.beta1}, train.beta2={self.beta2} must be in [0, 1)")
+        if not isinstance(self.tensorboard, bool):
+            raise ConfigError(f"train.tensorboard={self.tensorboard!r} must be true or false")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device={self.device!r} is not one of ['auto', 'cpu', 'cuda']")
         if self.dtype not in ("auto", "float32", "bfloat16"):

@@ -12,26 +12,44 @@ from typing import Any, TextIO
 
 import torch
 
+from transformer.training.tensorboard_log import FOLDER as TENSORBOARD_FOLDER
+from transformer.training.tensorboard_log import TensorBoardLog, summary_writer_class
+
 # Dense bf16 peak FLOP/s of common accelerators, for the MFU estimate (none on CPU).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 
 
 class RunLog:
-    def __init__(self, path: Path, enabled: bool) -> None:
+    """`tensorboard`: also write each record's numbers as TensorBoard scalars into
+    `tensorboard/` beside the log (transformer/training/tensorboard_log.py). Every process
+    checks that TensorBoard is installed, so a missing one stops all ranks alike; only an
+    enabled log (rank 0) writes."""
+
+    def __init__(self, path: Path, enabled: bool, tensorboard: bool = False) -> None:
         self.path = path
         self._file: TextIO | None = None
+        self._board: TensorBoardLog | None = None
+        if tensorboard:
+            summary_writer_class()
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = path.open("a", encoding="utf-8")
+            if tensorboard:
+                self._board = TensorBoardLog(path.parent / TENSORBOARD_FOLDER)
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(_finite(record)) + "\n")
+            finite = _finite(record)
+            self._file.write(json.dumps(finite) + "\n")
             self._file.flush()
+            if self._board is not None:
+                self._board.write(finite)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+        if self._board is not None:
+            self._board.close()
 
 
 def _finite(record: dict[str, Any]) -> dict[str, Any]:

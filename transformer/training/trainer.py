@@ -147,7 +147,7 @@ class _Run:
             self._load(state)
         self._check_fsdp_evaluation()
         self.forward_model: nn.Module = torch.compile(self.wrapped) if settings.compile else self.wrapped  # type: ignore[assignment]
-        self.log = RunLog(self.run_dir / "metrics.jsonl", enabled=process.is_main)
+        self.log = RunLog(self.run_dir / "metrics.jsonl", enabled=process.is_main, tensorboard=settings.tensorboard)
         cfg = self.model.cfg
         self.tokens_per_step = settings.batch_size * cfg.n_ctx * settings.grad_accum * process.world_size
         self.flops_per_step = self.tokens_per_step * flops_per_token(
