@@ -3,15 +3,20 @@
 Train: sequences of distinct random tokens, repeated once, the half length drawn from 6..16 per
 batch (so "look L - 1 back" is no solution). The first half is unpredictable (best loss ln V);
 in the repeat every next token is the one that followed the current token's earlier copy.
+With --max-prefix P, up to P random tokens come first (a random number per batch), so the repeat
+starts anywhere: without them every sequence starts its first half at position 0, and a model
+can solve the task with absolute positions instead of an induction head (docs/interpretability.md
+shows one that did).
 
 Then, with transformer/analysis/interp/: attention patterns on one sequence, previous-token and
 induction scores per head (trained and at initialisation), the loss on the repeat with each head
 ablated (zero and mean), direct logit attribution of the correct token per head, the induction
 head's full OV circuit and its copying score, and the K-composition of every layer-1 head with
-every layer-0 head. Figures go to --figures, numbers to --out (JSON) and stdout.
+every layer-0 head (and the Q- and V-composition). Figures go to --figures, numbers to --out (JSON) and stdout.
 
-    python experiments/induction_heads.py                 # ~1 min on 2 cores
-    python experiments/induction_heads.py --steps 300     # a quick look
+    python experiments/induction_heads.py                               # the chapter's run (1500 steps)
+    python experiments/induction_heads.py --steps 2500 --max-prefix 8 \
+        --out experiments/results/induction_heads_prefix8.json --figures /tmp/prefix8   # its next step
 """
 
 import argparse
@@ -96,6 +101,12 @@ def analyse(model: Decoder, figures: Path) -> dict[str, Any]:
     previous, induction = previous_token_scores(cache), induction_scores(cache, HALF)
     result["previous_token_scores"], result["induction_scores"] = previous.tolist(), induction.tolist()
     plot_head_scores({"previous-token score": previous, "induction score": induction}, figures / "induction-scores.png")
+    # Where each head looks on the first sequence: the key position with the most attention, per query.
+    result["argmax_key_first_sequence"] = {
+        f"L{layer}H{head}": cache[f"blocks.{layer}.attn.hook_pattern"][0, head].argmax(-1).tolist()
+        for layer in range(model.cfg.n_layers)
+        for head in range(model.cfg.n_heads)
+    }
     labels = [str(t) for t in held_out[0].tolist()]
     for layer in range(model.cfg.n_layers):
         title = f"layer {layer}: attention on one repeated sequence (half {HALF})"
@@ -127,12 +138,12 @@ def analyse(model: Decoder, figures: Path) -> dict[str, Any]:
     }
     result["dla_constant"] = float(attribution.constant[:, repeat].mean())
 
-    # Circuits: the best induction head's OV circuit copies; its keys read the previous-token head.
-    best_layer, best_head = 1, int(induction[1].argmax())  # an induction head needs a head before it
-    prev_layer, prev_head = 0, int(previous[0].argmax())
-    ov = full_ov_circuit(model, best_layer, best_head)
-    result["induction_head"], result["previous_token_head"] = f"L{best_layer}H{best_head}", f"L{prev_layer}H{prev_head}"
-    result["copying_score_induction_head"] = copying_score(ov)
+    # Circuits: the layer-1 head that writes most of the answer (largest DLA), and its OV circuit.
+    dla = result["dla_correct_token_on_repeat"]
+    best_head = max(range(model.cfg.n_heads), key=lambda head: dla[f"L1H{head}"])
+    result["answer_head"] = f"L1H{best_head}"
+    ov = full_ov_circuit(model, 1, best_head)
+    result["copying_score_answer_head"] = copying_score(ov)
     result["copying_score_all_heads"] = {
         f"L{layer}H{head}": copying_score(full_ov_circuit(model, layer, head))
         for layer in range(model.cfg.n_layers)
@@ -140,16 +151,17 @@ def analyse(model: Decoder, figures: Path) -> dict[str, Any]:
     }
     plot_matrix(
         ov[:24, :24],
-        f"full OV circuit of L{best_layer}H{best_head} (tokens 0-23)",
+        f"full OV circuit of L1H{best_head} (tokens 0-23)",
         "logit of token",
         "attended token",
         figures / "induction-ov.png",
     )
-    result["k_composition"] = {
-        f"L1H{late}<-L0H{early}": composition_score(model, (0, early), (1, late), "k")
-        for late in range(model.cfg.n_heads)
-        for early in range(model.cfg.n_heads)
-    }
+    for kind in ("q", "k", "v"):
+        result[f"{kind}_composition"] = {
+            f"L1H{late}<-L0H{early}": composition_score(model, (0, early), (1, late), kind)  # type: ignore[arg-type]
+            for late in range(model.cfg.n_heads)
+            for early in range(model.cfg.n_heads)
+        }
     return result
 
 
