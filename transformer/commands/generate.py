@@ -42,14 +42,14 @@ def add_generate_commands(commands: Any) -> None:
     generate = commands.add_parser(
         "generate", help="continue a prompt with a trained model", description=f"Continue a prompt. {_RULES}"
     )
-    add_run_options(generate)
+    add_run_options(generate, hf=True)
     generate.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
     _add_sampling_options(generate)
     generate.set_defaults(handler=run_generate, prog=generate.prog)
     chat = commands.add_parser(
         "chat", help="an interactive loop: each line is a prompt", description=f"{_CHAT_HELP}. {_RULES}"
     )
-    add_run_options(chat)
+    add_run_options(chat, hf=True)
     _add_sampling_options(chat)
     chat.set_defaults(handler=run_chat, prog=chat.prog)
 
@@ -110,7 +110,12 @@ def _open(args: argparse.Namespace) -> tuple["TrainedRun", Settings, "torch.Gene
 
     settings = Settings(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     settings.check()
-    run = load_trained(args.run, args.checkpoint, chosen_device(args))
+    if args.hf is not None:
+        from transformer.inference.hf_run import load_hf_run
+
+        run = load_hf_run(args.hf, chosen_device(args))
+    else:
+        run = load_trained(args.run, args.checkpoint, chosen_device(args))
     return run, settings, torch.Generator().manual_seed(args.seed)
 
 

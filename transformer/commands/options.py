@@ -52,9 +52,17 @@ def _bounded_int(text: str, least: int, what: str) -> int:
     return value
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """`--run DIR`, `--checkpoint latest|best|PATH` and `--device auto|cpu|cuda`."""
-    parser.add_argument("--run", type=Path, required=True, help="the run directory (its train.out_dir)")
+def add_run_options(parser: argparse.ArgumentParser, hf: bool = False) -> None:
+    """`--run DIR`, `--checkpoint latest|best|PATH` and `--device auto|cpu|cuda`; with `hf`,
+    `--hf NAME` in place of `--run` (a Hugging Face model: transformer/inference/hf_run.py)."""
+    source = parser.add_mutually_exclusive_group(required=True) if hf else parser
+    source.add_argument("--run", type=Path, required=not hf, help="the run directory (its train.out_dir)")
+    if hf:
+        source.add_argument(
+            "--hf",
+            metavar="NAME|FOLDER",
+            help="a Hugging Face GPT-2 model instead of a run: a Hub id (e.g. gpt2; downloads once) or a folder",
+        )
     parser.add_argument(
         "--checkpoint",
         default="latest",

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from transformer.model.alibi import ALiBi
 from transformer.model.config import ModelConfig
+from transformer.model.hooks import HookPoint
 from transformer.model.kv_cache import LayerCache
 from transformer.model.rotary import Rotary
 
@@ -46,6 +47,9 @@ class Attention(nn.Module):
         self.alibi = ALiBi(n_heads) if cfg.positional == "alibi" else None
         self.fast = cfg.kernels == "fast"
         self.scale = 1.0 / math.sqrt(d_head)
+        # Readable path only (hooks.py): q, k, v before rotary, [batch n_heads pos d_head].
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_pattern, self.hook_z = HookPoint(), HookPoint()
 
     def forward(
         self,
@@ -61,9 +65,9 @@ class Attention(nn.Module):
         if self.fast:
             q, k, v = self._project_qkv_at_once(x, self.W_Q, self.W_K, self.W_V, self.b_Q, self.b_K, self.b_V)
         else:
-            q = self._project(x, self.W_Q, self.b_Q)
-            k = self._project(x, self.W_K, self.b_K)
-            v = self._project(x, self.W_V, self.b_V)
+            q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
+            k = self.hook_k(self._project(x, self.W_K, self.b_K))
+            v = self.hook_v(self._project(x, self.W_V, self.b_V))
         # new positions start at `offset` (0 without a cache)
         if self.rotary is not None:
             q, k = self.rotary(q, offset), self.rotary(k, offset)
@@ -73,7 +77,7 @@ class Attention(nn.Module):
         bias = self.alibi(x.shape[1], k.shape[2], offset) if self.alibi is not None else None
         if self.fast:
             return self._write_at_once(self._fast_mix(q, k, v, allowed, bias, key_padding_mask))
-        z = self._readable_mix(q, k, v, allowed, bias)
+        z = self.hook_z(self._readable_mix(q, k, v, allowed, bias))
         out = torch.einsum("bhpe,hed->bpd", z, self.W_O)
         return out + self.b_O if self.b_O is not None else out
 
@@ -162,7 +166,8 @@ class Attention(nn.Module):
         allowed: Bool[Tensor, "#batch 1 q k"],
         bias: Float[Tensor, "n_heads q k"] | None,
     ) -> Float[Tensor, "batch n_heads q d_head"]:
-        return self.pattern(q, k, allowed, bias).to(v.dtype) @ v
+        pattern: Tensor = self.hook_pattern(self.pattern(q, k, allowed, bias))
+        return pattern.to(v.dtype) @ v
 
     def _fast_mix(
         self,

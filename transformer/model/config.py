@@ -13,7 +13,7 @@ from transformer.model.field_types import check_field_types, checked_values
 
 POSITIONAL_CHOICES = ("learned", "sinusoidal", "rotary", "alibi", "none")
 NORM_CHOICES = ("layernorm", "rmsnorm")
-MLP_CHOICES = ("gelu", "swiglu")
+MLP_CHOICES = ("gelu", "gelu_tanh", "swiglu")
 KERNEL_CHOICES = ("readable", "fast")
 
 # Keys a config (YAML, --set, a checkpoint) may still hold from before a rename, and their names now.
