@@ -68,9 +68,9 @@ def test_equals_torch_multihead_attention_float64() -> None:
         x, x, x, attn_mask=causal_float_mask(POS, torch.float64), average_attn_weights=False
     )
     torch.testing.assert_close(ours(x), expected, atol=1e-10, rtol=0)
-    q = ours._project(x, ours.W_Q, ours.b_Q)
-    k = ours._project(x, ours.W_K, ours.b_K)
-    pattern = ours.pattern(q, k, ours._allowed(POS, None, x.device), None)
+    q = ours.project(x, ours.W_Q, ours.b_Q)
+    k = ours.project(x, ours.W_K, ours.b_K)
+    pattern = ours.pattern(q, k, ours.allowed(POS, None, x.device), None)
     torch.testing.assert_close(pattern, expected_pattern, atol=1e-10, rtol=0)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from transformer.commands.data import add_data_commands
 from transformer.commands.eval import add_eval_command
+from transformer.commands.exercise import add_exercise_command
 from transformer.commands.generate import add_generate_commands
 from transformer.commands.plot import add_plot_command
 from transformer.commands.routes import add_routes_command
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plot_command(commands)
     add_eval_command(commands)
     add_routes_command(commands)
+    add_exercise_command(commands)
     return parser
 
 
