@@ -40,11 +40,11 @@ def test_attention_patterns_are_causal_distributions_equal_to_the_readable_patte
     assert callable(first_norm)
     with torch.no_grad():
         x = first_norm(model.embed_tokens(ids))
-        q, k = attn._project(x, attn.W_Q, attn.b_Q), attn._project(x, attn.W_K, attn.b_K)
+        q, k = attn.project(x, attn.W_Q, attn.b_Q), attn.project(x, attn.W_K, attn.b_K)
         if attn.rotary is not None:
             q, k = attn.rotary(q, 0), attn.rotary(k, 0)
         bias = attn.alibi(11, 11, 0) if attn.alibi is not None else None
-        expected = attn.pattern(q, k, attn._allowed(11, None, x.device), bias)[0]
+        expected = attn.pattern(q, k, attn.allowed(11, None, x.device), bias)[0]
     np.testing.assert_allclose(view.patterns[0], expected.double().numpy(), atol=1e-6)
     assert "pattern" not in attn.__dict__ and attn.fast == (model.cfg.kernels == "fast")  # restored
 

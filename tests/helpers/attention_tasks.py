@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transformer.model.decoder import Decoder
+from transformer.model.layer import TransformerLayer
+
 
 def uniform_tokens(generator: torch.Generator, batch: int, seq_len: int, d_vocab: int) -> Tensor:
     return torch.randint(0, d_vocab, (batch, seq_len), generator=generator)
@@ -30,6 +33,33 @@ def repeated_halves(generator: torch.Generator, batch: int, half: int, d_vocab: 
     current one is never ambiguous), then the first half again."""
     first = torch.rand(batch, d_vocab, generator=generator).argsort(dim=-1)[:, :half]
     return torch.cat((first, first), dim=1)
+
+
+def attention_patterns(model: Decoder, tokens: Tensor) -> list[Tensor]:
+    """Each layer's attention pattern [batch, n_heads, q, k] on `tokens`, computed as the readable
+    path computes it: the layer's own `project`, rotary, ALiBi bias, `allowed` and `pattern`.
+    For a plain `Decoder` without padding or cache."""
+    patterns = []
+    with torch.no_grad():
+        resid = model.embed_tokens(tokens)
+        pos = tokens.shape[1]
+        for layer in model.layers:
+            assert isinstance(layer, TransformerLayer)
+            attn, x = layer.attn, layer.ln1(resid)
+            q, k = attn.project(x, attn.W_Q, attn.b_Q), attn.project(x, attn.W_K, attn.b_K)
+            if attn.rotary is not None:
+                q, k = attn.rotary(q), attn.rotary(k)
+            bias = attn.alibi(pos, pos) if attn.alibi is not None else None
+            patterns.append(attn.pattern(q, k, attn.allowed(pos, None, tokens.device), bias))
+            resid = layer(resid)
+    return patterns
+
+
+def attention_on_offset(pattern: Tensor, offset: int, first_query: int) -> Tensor:
+    """[n_heads]: each head's mean attention from query p to key p - offset, over the batch and
+    the queries p >= first_query (1.0: the head looks exactly `offset` back, always)."""
+    queries = torch.arange(first_query, pattern.shape[2])
+    return pattern[:, :, queries, queries - offset].mean(dim=(0, 2))
 
 
 def next_token_losses(model: nn.Module, tokens: Tensor) -> Tensor:

@@ -106,7 +106,7 @@ def test_mlp_learns_xor_far_below_the_best_linear_map() -> None:
     linear_error = float(((with_ones(x_test) @ solution - y_test) ** 2).sum(-1).mean())
 
     torch.manual_seed(0)
-    mlp = MLP(ModelConfig(d_model=D_MODEL, n_heads=1, d_mlp=32, n_layers=1))
+    mlp = MLP(ModelConfig(d_model=D_MODEL, n_heads=1, d_mlp=32, n_layers=1, kernels="readable"))
     optimizer = torch.optim.Adam(mlp.parameters(), lr=1e-2)
     # The MLP works per position: each sample is a position of a (batch, pos) grid.
     grid, targets = x.reshape(64, 64, D_MODEL), y.reshape(64, 64, D_MODEL)

@@ -57,6 +57,7 @@ def test_learned_positions_are_a_trained_parameter() -> None:
 def test_absolute_positions_let_attention_find_the_previous_token(positional: str) -> None:
     score = train_previous_token(positional)
     assert score.accuracy > 0.98, f"{positional}: {score}"
+    assert score.previous_token_attention >= 0.9, f"{positional}: no head looks one back: {score}"
 
 
 def test_without_positions_attention_cannot_beat_the_order_blind_optimum() -> None:
@@ -65,3 +66,5 @@ def test_without_positions_attention_cannot_beat_the_order_blind_optimum() -> No
     score = train_previous_token("none")
     assert score.accuracy < score.order_blind_optimum + 0.02, str(score)
     assert score.accuracy > score.chance, str(score)
+    # Uniform attention over the p + 1 visible keys would give ~0.1 here: no head singles out p - 1.
+    assert score.previous_token_attention < 0.2, str(score)

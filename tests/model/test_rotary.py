@@ -92,3 +92,4 @@ def test_rotary_lets_attention_find_the_previous_token() -> None:
     # The negative control (positional="none") is in tests/model/test_positions.py.
     score = train_previous_token("rotary")
     assert score.accuracy > 0.98, str(score)
+    assert score.previous_token_attention >= 0.9, f"no head looks one back: {score}"

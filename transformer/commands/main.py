@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from transformer.commands.dashboard import add_dashboard_command
 from transformer.commands.data import add_data_commands
 from transformer.commands.eval import add_eval_command
+from transformer.commands.exercise import add_exercise_command
 from transformer.commands.generate import add_generate_commands
 from transformer.commands.plot import add_plot_command
 from transformer.commands.routes import add_routes_command
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_command(commands)
     add_routes_command(commands)
     add_dashboard_command(commands)
+    add_exercise_command(commands)
     return parser
 
 

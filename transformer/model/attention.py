@@ -65,21 +65,19 @@ class Attention(nn.Module):
         if self.fast:
             q, k, v = self._project_qkv_at_once(x, self.W_Q, self.W_K, self.W_V, self.b_Q, self.b_K, self.b_V)
         else:
-            q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
-            k = self.hook_k(self._project(x, self.W_K, self.b_K))
-            v = self.hook_v(self._project(x, self.W_V, self.b_V))
+            q = self.hook_q(self.project(x, self.W_Q, self.b_Q))
+            k = self.hook_k(self.project(x, self.W_K, self.b_K))
+            v = self.hook_v(self.project(x, self.W_V, self.b_V))
         # new positions start at `offset` (0 without a cache)
         if self.rotary is not None:
             q, k = self.rotary(q, offset), self.rotary(k, offset)
         if cache is not None:
             k, v = cache.append(k, v)  # from here on, keys and values of all offset + pos positions
-        allowed = self._allowed(x.shape[1], key_padding_mask, x.device, offset)
+        allowed = self.allowed(x.shape[1], key_padding_mask, x.device, offset)
         bias = self.alibi(x.shape[1], k.shape[2], offset) if self.alibi is not None else None
         if self.fast:
             return self._write_at_once(self._fast_mix(q, k, v, allowed, bias, key_padding_mask))
-        z = self.hook_z(self._readable_mix(q, k, v, allowed, bias))
-        out = torch.einsum("bhpe,hed->bpd", z, self.W_O)
-        return out + self.b_O if self.b_O is not None else out
+        return self.write(self.hook_z(self.mix(q, k, v, allowed, bias)))
 
     @staticmethod
     def _project_qkv_at_once(
@@ -95,7 +93,7 @@ class Attention(nn.Module):
         Float[Tensor, "batch n_heads pos d_head"],
         Float[Tensor, "batch n_heads pos d_head"],
     ]:
-        """The same three projections as `_project`, as a single [d_model, 3 * n_heads * d_head]
+        """The same three projections as `project`, as a single [d_model, 3 * n_heads * d_head]
         matrix multiply: one large kernel instead of three einsums with their reshapes."""
         n_heads, d_model, d_head = W_Q.shape
         side_by_side = torch.cat([W.permute(1, 0, 2).reshape(d_model, n_heads * d_head) for W in (W_Q, W_K, W_V)], 1)
@@ -116,17 +114,21 @@ class Attention(nn.Module):
         out = torch.addmm(self.b_O, flat, W_O) if self.b_O is not None else flat @ W_O
         return out.view(batch, pos, d_model)
 
+    # The readable path, one public method per step, so that a learner's version of each
+    # (exercises/attention.py, see docs/exercises.md) can stand in for it under the same name.
+
     @staticmethod
-    def _project(
+    def project(
         x: Float[Tensor, "batch pos d_model"],
         W: Float[Tensor, "n_heads d_model d_head"],
         b: Float[Tensor, "n_heads d_head"] | None,
     ) -> Float[Tensor, "batch n_heads pos d_head"]:
+        """Every head's queries (or keys, or values) at every position: x @ W[h] + b[h]."""
         out = torch.einsum("bpd,hde->bhpe", x, W)
         return out + b[:, None, :] if b is not None else out
 
     @staticmethod
-    def _allowed(
+    def allowed(
         pos: int, key_padding_mask: Bool[Tensor, "batch pos"] | None, device: torch.device, offset: int = 0
     ) -> Bool[Tensor, "#batch 1 q k"]:
         """Query i, at absolute position offset + i, may see keys 0 .. offset + i."""
@@ -158,7 +160,7 @@ class Attention(nn.Module):
             return probabilities
         return probabilities * has_a_key
 
-    def _readable_mix(
+    def mix(
         self,
         q: Float[Tensor, "batch n_heads q d_head"],
         k: Float[Tensor, "batch n_heads k d_head"],
@@ -166,8 +168,14 @@ class Attention(nn.Module):
         allowed: Bool[Tensor, "#batch 1 q k"],
         bias: Float[Tensor, "n_heads q k"] | None,
     ) -> Float[Tensor, "batch n_heads q d_head"]:
+        """Each query's pattern-weighted average of the values it may see."""
         pattern: Tensor = self.hook_pattern(self.pattern(q, k, allowed, bias))
         return pattern.to(v.dtype) @ v
+
+    def write(self, z: Float[Tensor, "batch n_heads pos d_head"]) -> Float[Tensor, "batch pos d_model"]:
+        """Every head's mix back into the residual stream through its own W_O, summed over heads."""
+        out = torch.einsum("bhpe,hed->bpd", z, self.W_O)
+        return out + self.b_O if self.b_O is not None else out
 
     def _fast_mix(
         self,

@@ -124,7 +124,7 @@ def project_qkv(attn: Attention, x: Float[Tensor, "1 rows d_model"]) -> Float[Te
         q, k, v = Attention._project_qkv_at_once(x, attn.W_Q, attn.W_K, attn.W_V, attn.b_Q, attn.b_K, attn.b_V)
     else:
         q, k, v = (
-            Attention._project(x, W, b) for W, b in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V))
+            Attention.project(x, W, b) for W, b in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V))
         )
     return torch.stack([q[0], k[0], v[0]]).permute(2, 0, 1, 3)
 
