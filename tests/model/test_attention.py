@@ -178,6 +178,48 @@ def test_wrong_padding_mask_raises() -> None:
         module(x, torch.ones(3, POS + 1, dtype=torch.bool))  # one key too many
 
 
+# --- the fused Q/K/V parameter and its named views ---------------------------------------------
+
+UNFUSED = ("W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V")
+
+
+def test_the_named_projections_are_views_of_one_parameter_and_write_through() -> None:
+    module = attention()
+    assert {name for name, _ in module.named_parameters()} == {"W_QKV", "W_O", "b_QKV", "b_O"}
+    assert module.W_Q.shape == module.W_K.shape == module.W_V.shape == (N_HEADS, D_MODEL, D_MODEL // N_HEADS)
+    assert module.b_V is not None and module.b_V.shape == (N_HEADS, D_MODEL // N_HEADS)
+    new_W_K = torch.randn(module.W_K.shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        module.W_K.copy_(new_W_K)  # as a weight loader writes a named matrix
+    assert torch.equal(module.W_QKV[:, 1], new_W_K.transpose(0, 1))
+    assert torch.equal(module.W_K, new_W_K)
+
+
+def test_state_dict_keeps_the_unfused_names_so_checkpoints_from_before_the_fusion_load() -> None:
+    module = attention(seed=0)
+    saved = module.state_dict()
+    assert set(UNFUSED) <= set(saved) and not {"W_QKV", "b_QKV"} & set(saved)
+    for name in UNFUSED:
+        assert torch.equal(saved[name], getattr(module, name)) and saved[name].is_contiguous()
+    # A state dict written before the fusion held exactly these keys: fresh tensors, made here.
+    old_format = {
+        name: torch.randn(tensor.shape, generator=torch.Generator().manual_seed(7)) for name, tensor in saved.items()
+    }
+    other = attention(seed=1)
+    other.load_state_dict(old_format)
+    for name, tensor in old_format.items():
+        assert torch.equal(getattr(other, name), tensor)
+    x = inputs()
+    torch.testing.assert_close(twin(other, "readable")(x), other(x))
+
+
+def test_a_state_dict_missing_one_of_the_three_names_is_refused() -> None:
+    saved = attention().state_dict()
+    del saved["W_V"]
+    with pytest.raises(RuntimeError, match="W_QKV|W_Q"):
+        attention().load_state_dict(saved)
+
+
 # --- what attention learns ---------------------------------------------------------------------
 
 K_BACK, VOCAB, SEQ = 3, 16, 16

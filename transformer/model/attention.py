@@ -11,11 +11,20 @@ Two paths compute the same function, chosen by `ModelConfig.kernels`:
   `torch.nn.functional.scaled_dot_product_attention`, PyTorch's fused kernel.
 tests/model/test_attention.py proves the two agree, values and gradients.
 
+W_Q, W_K and W_V are stored as one parameter, `W_QKV` [d_model, 3, n_heads, d_head] (biases:
+`b_QKV` [3, n_heads, d_head]), in the layout the fast path multiplies by, so a step neither
+concatenates the three into one matrix nor backpropagates through that concatenation (and AdamW
+updates one tensor, not three). `attn.W_Q` etc. stay readable as views of it, with the
+Framework's [n_heads, d_model, d_head] shape, writable in place; state dicts and checkpoints
+keep the three names (see `_save_to_state_dict`), so old checkpoints load and new ones read
+the same.
+
 With a `LayerCache` (generation, see kv_cache.py) `x` holds only the new positions: their keys
 and values are appended to the cache, and their queries attend over every cached key.
 """
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,18 +38,24 @@ from transformer.model.rotary import Rotary
 
 # Shapes inside attention: batch, n_heads, pos (queries q, keys k), d_head.
 
+FUSED_WEIGHTS, FUSED_BIASES = ("W_Q", "W_K", "W_V"), ("b_Q", "b_K", "b_V")
+
+
+def _weights_side_by_side(parts: list[Tensor]) -> Tensor:
+    """[n_heads, d_model, d_head] x 3 -> W_QKV's [d_model, 3, n_heads, d_head]."""
+    return torch.stack(parts).permute(2, 0, 1, 3).contiguous()
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         n_heads, d_model, d_head = cfg.n_heads, cfg.d_model, cfg.d_head
-        self.W_Q = nn.Parameter(torch.randn(n_heads, d_model, d_head) * cfg.init_std)
-        self.W_K = nn.Parameter(torch.randn(n_heads, d_model, d_head) * cfg.init_std)
-        self.W_V = nn.Parameter(torch.randn(n_heads, d_model, d_head) * cfg.init_std)
+        # W_Q, W_K, W_V drawn one after the other (as when each was its own parameter, so a seed
+        # gives the same weights), then stored side by side: see `W_QKV` in the module docstring.
+        w_q, w_k, w_v = (torch.randn(n_heads, d_model, d_head) * cfg.init_std for _ in range(3))
+        self.W_QKV = nn.Parameter(torch.stack([w_q, w_k, w_v]).permute(2, 0, 1, 3).contiguous())
         self.W_O = nn.Parameter(torch.randn(n_heads, d_head, d_model) * cfg.residual_out_std)
-        self.b_Q = nn.Parameter(torch.zeros(n_heads, d_head)) if cfg.bias else None
-        self.b_K = nn.Parameter(torch.zeros(n_heads, d_head)) if cfg.bias else None
-        self.b_V = nn.Parameter(torch.zeros(n_heads, d_head)) if cfg.bias else None
+        self.b_QKV = nn.Parameter(torch.zeros(3, n_heads, d_head)) if cfg.bias else None
         self.b_O = nn.Parameter(torch.zeros(d_model)) if cfg.bias else None
         self.rotary = Rotary(cfg.rotary_dim, cfg.n_ctx, cfg.rope_base) if cfg.positional == "rotary" else None
         self.alibi = ALiBi(n_heads) if cfg.positional == "alibi" else None
@@ -58,12 +73,7 @@ class Attention(nn.Module):
         if cache is not None and key_padding_mask is not None:
             raise ValueError("a KV cache serves generation, which has no padding: pass one or the other")
         offset = cache.length if cache is not None else 0
-        if self.fast:
-            q, k, v = self._project_qkv_at_once(x, self.W_Q, self.W_K, self.W_V, self.b_Q, self.b_K, self.b_V)
-        else:
-            q = self._project(x, self.W_Q, self.b_Q)
-            k = self._project(x, self.W_K, self.b_K)
-            v = self._project(x, self.W_V, self.b_V)
+        q, k, v = self.project_qkv(x)
         # new positions start at `offset` (0 without a cache)
         if self.rotary is not None:
             q, k = self.rotary(q, offset), self.rotary(k, offset)
@@ -77,31 +87,105 @@ class Attention(nn.Module):
         out = torch.einsum("bhpe,hed->bpd", z, self.W_O)
         return out + self.b_O if self.b_O is not None else out
 
-    @staticmethod
-    def _project_qkv_at_once(
-        x: Float[Tensor, "batch pos d_model"],
-        W_Q: Float[Tensor, "n_heads d_model d_head"],
-        W_K: Float[Tensor, "n_heads d_model d_head"],
-        W_V: Float[Tensor, "n_heads d_model d_head"],
-        b_Q: Float[Tensor, "n_heads d_head"] | None,
-        b_K: Float[Tensor, "n_heads d_head"] | None,
-        b_V: Float[Tensor, "n_heads d_head"] | None,
+    # --- the named views of the fused parameters -------------------------------------------
+
+    @property
+    def W_Q(self) -> Float[Tensor, "n_heads d_model d_head"]:
+        return self.W_QKV[:, 0].transpose(0, 1)
+
+    @property
+    def W_K(self) -> Float[Tensor, "n_heads d_model d_head"]:
+        return self.W_QKV[:, 1].transpose(0, 1)
+
+    @property
+    def W_V(self) -> Float[Tensor, "n_heads d_model d_head"]:
+        return self.W_QKV[:, 2].transpose(0, 1)
+
+    @property
+    def b_Q(self) -> Float[Tensor, "n_heads d_head"] | None:
+        return self.b_QKV[0] if self.b_QKV is not None else None
+
+    @property
+    def b_K(self) -> Float[Tensor, "n_heads d_head"] | None:
+        return self.b_QKV[1] if self.b_QKV is not None else None
+
+    @property
+    def b_V(self) -> Float[Tensor, "n_heads d_head"] | None:
+        return self.b_QKV[2] if self.b_QKV is not None else None
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        """Saved under the Framework's names, W_Q, W_K, W_V (b_Q, b_K, b_V), each its own tensor:
+        checkpoints read the same before and after the parameters were fused."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for fused, names in ((prefix + "W_QKV", FUSED_WEIGHTS), (prefix + "b_QKV", FUSED_BIASES)):
+            if fused in destination:
+                del destination[fused]
+                for name in names:
+                    view = getattr(self, name)
+                    destination[prefix + name] = view if keep_vars else view.detach().contiguous()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Accepts W_Q, W_K, W_V (b_Q, b_K, b_V) as `_save_to_state_dict` writes them (and as
+        every checkpoint from before the fusion holds them), and stacks them into W_QKV (b_QKV)."""
+        for fused, names, to_fused in (
+            (prefix + "W_QKV", FUSED_WEIGHTS, _weights_side_by_side),
+            (prefix + "b_QKV", FUSED_BIASES, torch.stack),
+        ):
+            keys = [prefix + name for name in names]
+            if fused not in state_dict and all(key in state_dict for key in keys):
+                parts = [state_dict.pop(key) for key in keys]
+                if all(part.shape == parts[0].shape for part in parts):
+                    state_dict[fused] = to_fused(parts)
+                else:
+                    error_msgs.append(f"{', '.join(keys)} must have one shape; got {[tuple(p.shape) for p in parts]}")
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    # --- projections ---------------------------------------------------------------------
+
+    def project_qkv(
+        self, x: Float[Tensor, "batch pos d_model"]
     ) -> tuple[
         Float[Tensor, "batch n_heads pos d_head"],
         Float[Tensor, "batch n_heads pos d_head"],
         Float[Tensor, "batch n_heads pos d_head"],
     ]:
-        """The same three projections as `_project`, as a single [d_model, 3 * n_heads * d_head]
-        matrix multiply: one large kernel instead of three einsums with their reshapes."""
-        n_heads, d_model, d_head = W_Q.shape
-        side_by_side = torch.cat([W.permute(1, 0, 2).reshape(d_model, n_heads * d_head) for W in (W_Q, W_K, W_V)], 1)
-        flat = x.reshape(-1, d_model)
-        if b_Q is not None and b_K is not None and b_V is not None:
-            qkv = torch.addmm(torch.cat([b_Q.reshape(-1), b_K.reshape(-1), b_V.reshape(-1)]), flat, side_by_side)
-        else:
-            qkv = flat @ side_by_side
+        """Queries, keys and values of every head: readable, one einsum per named matrix; fast,
+        one matrix multiply against W_QKV as it is stored (no copy, no concatenation)."""
+        if not self.fast:
+            return (
+                self._project(x, self.W_Q, self.b_Q),
+                self._project(x, self.W_K, self.b_K),
+                self._project(x, self.W_V, self.b_V),
+            )
+        return self._project_fused(x, self.W_QKV, self.b_QKV)
+
+    @staticmethod
+    def _project_fused(
+        x: Float[Tensor, "batch pos d_model"],
+        W_QKV: Float[Tensor, "d_model 3 n_heads d_head"],
+        b_QKV: Float[Tensor, "3 n_heads d_head"] | None,
+    ) -> tuple[
+        Float[Tensor, "batch n_heads pos d_head"],
+        Float[Tensor, "batch n_heads pos d_head"],
+        Float[Tensor, "batch n_heads pos d_head"],
+    ]:
+        d_model, _, n_heads, d_head = W_QKV.shape
+        flat, W = x.reshape(-1, d_model), W_QKV.view(d_model, 3 * n_heads * d_head)
+        qkv = torch.addmm(b_QKV.view(-1), flat, W) if b_QKV is not None else flat @ W
         qkv = qkv.view(x.shape[0], x.shape[1], 3, n_heads, d_head).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]
+        q, k, v = qkv.unbind(0)  # one backward node (a stack); indexing 3 times would zero-fill 3 times
+        return q, k, v
 
     def _write_at_once(self, z: Float[Tensor, "batch n_heads pos d_head"]) -> Float[Tensor, "batch pos d_model"]:
         """`einsum("bhpe,hed->bpd", z, W_O) + b_O` as one matrix multiply over all heads."""

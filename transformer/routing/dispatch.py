@@ -120,12 +120,7 @@ def sorted_dispatch(
 def project_qkv(attn: Attention, x: Float[Tensor, "1 rows d_model"]) -> Float[Tensor, "rows three n_heads d_head"]:
     """The layer's own projections (fast: one matrix multiply; readable: three einsums) of a
     group of tokens, as rows [token, q/k/v, head, d_head]."""
-    if attn.fast:
-        q, k, v = Attention._project_qkv_at_once(x, attn.W_Q, attn.W_K, attn.W_V, attn.b_Q, attn.b_K, attn.b_V)
-    else:
-        q, k, v = (
-            Attention._project(x, W, b) for W, b in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V))
-        )
+    q, k, v = attn.project_qkv(x)
     return torch.stack([q[0], k[0], v[0]]).permute(2, 0, 1, 3)
 
 
