@@ -115,14 +115,17 @@ class Attention(nn.Module):
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         """Saved under the Framework's names, W_Q, W_K, W_V (b_Q, b_K, b_V), each its own tensor:
-        checkpoints read the same before and after the parameters were fused."""
+        checkpoints read the same before and after the parameters were fused. Copies, not views:
+        safetensors refuses tensors that share storage."""
         super()._save_to_state_dict(destination, prefix, keep_vars)
         for fused, names in ((prefix + "W_QKV", FUSED_WEIGHTS), (prefix + "b_QKV", FUSED_BIASES)):
             if fused in destination:
                 del destination[fused]
                 for name in names:
                     view = getattr(self, name)
-                    destination[prefix + name] = view if keep_vars else view.detach().contiguous()
+                    destination[prefix + name] = (
+                        view if keep_vars else view.detach().clone(memory_format=torch.contiguous_format)
+                    )
 
     def _load_from_state_dict(
         self,
