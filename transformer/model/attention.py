@@ -83,7 +83,7 @@ class Attention(nn.Module):
         bias = self.alibi(x.shape[1], k.shape[2], offset) if self.alibi is not None else None
         if self.fast:
             return self._write_at_once(self._fast_mix(q, k, v, allowed, bias, key_padding_mask))
-        z = self._readable_mix(q, k, v, allowed, bias)
+        z = self._readable_mix(q, k, v, allowed, bias, every_query_has_a_key=key_padding_mask is None)
         out = torch.einsum("bhpe,hed->bpd", z, self.W_O)
         return out + self.b_O if self.b_O is not None else out
 
@@ -224,10 +224,13 @@ class Attention(nn.Module):
         k: Float[Tensor, "batch n_heads k d_head"],
         allowed: Bool[Tensor, "#batch 1 q k"],
         bias: Float[Tensor, "n_heads q k"] | None,
+        every_query_has_a_key: bool = False,
     ) -> Float[Tensor, "batch n_heads q k"]:
         """Attention probabilities, in float32 or wider whatever the parameters' dtype (float64
         stays float64). A query with no key allowed (possible with padding) gets an all-zero
-        row, never NaN."""
+        row, never NaN. `every_query_has_a_key`: the caller knows no row is fully masked (no
+        padding: the causal diagonal is always allowed), so the zeroing is skipped; it is a
+        flag, not a check of `allowed`, because reading a GPU tensor's value stalls the host."""
         dtype = torch.promote_types(q.dtype, torch.float32)
         scores = (q.to(dtype) @ k.to(dtype).transpose(-1, -2)) * self.scale
         if bias is not None:
@@ -236,10 +239,9 @@ class Attention(nn.Module):
         # pass; such rows are zeroed below.
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
         probabilities = scores.softmax(dim=-1)
-        has_a_key = allowed.any(dim=-1, keepdim=True)
-        if bool(has_a_key.all()):  # always, without padding: the diagonal is allowed
+        if every_query_has_a_key:
             return probabilities
-        return probabilities * has_a_key
+        return probabilities * allowed.any(dim=-1, keepdim=True)
 
     def _readable_mix(
         self,
@@ -248,8 +250,9 @@ class Attention(nn.Module):
         v: Float[Tensor, "batch n_heads k d_head"],
         allowed: Bool[Tensor, "#batch 1 q k"],
         bias: Float[Tensor, "n_heads q k"] | None,
+        every_query_has_a_key: bool = False,
     ) -> Float[Tensor, "batch n_heads q d_head"]:
-        return self.pattern(q, k, allowed, bias).to(v.dtype) @ v
+        return self.pattern(q, k, allowed, bias, every_query_has_a_key).to(v.dtype) @ v
 
     def _fast_mix(
         self,

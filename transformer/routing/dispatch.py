@@ -157,7 +157,7 @@ def mix(
     """Attention's pattern-weighted values, by the same readable or fused path as `Attention`;
     a query with no key (it was not processed, and nobody before it was) gets zeros."""
     if not attn.fast:
-        return attn.pattern(q, k, allowed, bias).to(v.dtype) @ v
+        return attn.pattern(q, k, allowed, bias, every_query_has_a_key=plain_causal).to(v.dtype) @ v
     if plain_causal and bias is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scale)
     mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device)
