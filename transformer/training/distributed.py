@@ -2,7 +2,9 @@
 
 `torchrun` starts one process per device and tells each its RANK, LOCAL_RANK and
 WORLD_SIZE through the environment. Without them, this is a single process. The backend
-follows the device: NCCL between CUDA GPUs, gloo between CPU processes.
+follows the device: NCCL between CUDA GPUs, gloo between CPU processes. Under torchrun the
+process group (and DDP) is used even for one process, so a one-GPU `torchrun --nproc_per_node=1`
+run exercises the same path as eight (bench/gpu_check.sh relies on it).
 """
 
 import os
@@ -20,6 +22,7 @@ class Process:
     local_rank: int
     world_size: int
     device: torch.device
+    grouped: bool = False  # in a process group: launched by torchrun, whatever the world size
 
     @property
     def is_main(self) -> bool:
@@ -28,7 +31,7 @@ class Process:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.grouped or self.world_size > 1
 
 
 def backend_for(device: torch.device) -> str:
@@ -44,9 +47,11 @@ def start(device: str = "auto") -> Process:
     if chosen.type == "cuda":
         chosen = torch.device("cuda", local_rank)
         torch.cuda.set_device(chosen)
-    if world_size > 1 and not dist.is_initialized():
+    launched = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ  # torchrun sets it, for any world size
+    if launched and not dist.is_initialized():
         dist.init_process_group(backend=backend_for(chosen))
-    return Process(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
+    grouped = dist.is_initialized()
+    return Process(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen, grouped=grouped)
 
 
 def stop() -> None:
