@@ -62,3 +62,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     used = config.stash.get(EXERCISES, None)
     if used:
         terminalreporter.write_line(f"exercises under test: {'; '.join(used)}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` need a GPU: without one they are skipped, not failed."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

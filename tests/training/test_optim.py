@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 
 from tests.helpers.routed_models import tiny_config
 from transformer.model.decoder import Decoder, DecoderEnds
@@ -56,3 +57,27 @@ def test_learning_rate_warms_up_then_follows_a_cosine_to_min_lr() -> None:
     values = [learning_rate(s, settings) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
     assert math.isclose(learning_rate(35, settings), 0.1 + 0.45 * (1 + math.cos(math.pi * 0.25)))
+
+
+def test_adamw_runs_fused_on_cpu_and_updates_as_the_unfused_reference_does() -> None:
+    settings = TrainSettings(weight_decay=0.1)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(Decoder(tiny_config()))
+    fused = make_optimizer(models[0], settings)
+    assert all(group["fused"] for group in fused.param_groups)
+    reference = make_optimizer(models[1], settings)
+    for group in reference.param_groups:
+        group["fused"], group["foreach"] = None, False  # torch's one-tensor-at-a-time loop
+    tokens = torch.randint(0, 23, (2, 8), generator=torch.Generator().manual_seed(1))
+    for model, optimizer in zip(models, (fused, reference), strict=True):
+        for _ in range(3):
+            model(tokens).logits.square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for (name, after), reference_after in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(after, reference_after, msg=name)
+    torch.manual_seed(0)
+    start = Decoder(tiny_config())
+    assert all(not torch.equal(a, b) for a, b in zip(models[0].parameters(), start.parameters(), strict=True))

@@ -155,10 +155,9 @@ class Attention(nn.Module):
         # pass; such rows are zeroed below.
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
         probabilities = scores.softmax(dim=-1)
-        has_a_key = allowed.any(dim=-1, keepdim=True)
-        if bool(has_a_key.all()):  # always, without padding: the diagonal is allowed
-            return probabilities
-        return probabilities * has_a_key
+        # Zero the rows of queries that may see no key. Always multiplied, never checked first:
+        # reading a GPU tensor's value (`bool(...)`) would make the host wait for the device.
+        return probabilities * allowed.any(dim=-1, keepdim=True)
 
     def mix(
         self,

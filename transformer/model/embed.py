@@ -17,13 +17,26 @@ class Embed(nn.Module):
         self.W_E = nn.Parameter(torch.randn(d_vocab, d_model) * init_std)
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-        if tokens.numel():
-            low, high = (int(bound) for bound in torch.aminmax(tokens))
-            if low < 0 or high >= self.W_E.shape[0]:
-                raise IndexError(
-                    f"token ids must lie in [0, {self.W_E.shape[0]}); got min {low}, max {high}: "
-                    "is the tokenizer's vocabulary larger than d_vocab?"
-                )
+        """Ids out of range raise, without making a GPU wait: on the CPU the check reads the ids
+        (nothing is queued there, so reading costs nothing); on another device it is queued as an
+        asynchronous device-side assert, because reading the ids back would stall the host on every
+        forward. The trainer checks each batch's ids on the host before it is copied over
+        (`TokenData.sample_windows`), so there a bad id is a one-line error, not a device assert."""
+        if not tokens.numel():
+            return self.W_E[tokens]
+        d_vocab = self.W_E.shape[0]
+        if tokens.device.type != "cpu":
+            in_range = (tokens.min() >= 0) & (tokens.max() < d_vocab)
+            torch._assert_async(
+                in_range, f"token ids must lie in [0, {d_vocab}): is the vocabulary larger than d_vocab?"
+            )
+            return self.W_E[tokens]
+        low, high = (int(bound) for bound in torch.aminmax(tokens))
+        if low < 0 or high >= d_vocab:
+            raise IndexError(
+                f"token ids must lie in [0, {d_vocab}); got min {low}, max {high}: "
+                "is the tokenizer's vocabulary larger than d_vocab?"
+            )
         return self.W_E[tokens]
 
 

@@ -10,6 +10,9 @@ bounds that wait: the collective then fails on every live rank, and `peer_lost` 
 failure into a one-line error, so each rank exits and torchrun ends the job. To name the rank
 that stopped answering, the live ranks then meet once more at gloo's monitored barrier on a
 side group made at start (it works beside NCCL too): rank 0 learns which ranks never came.
+
+Under torchrun the process group (and DDP) is used even for one process, so a one-GPU
+`torchrun --nproc_per_node=1` run exercises the same path as eight (bench/gpu_check.sh relies on it).
 """
 
 import os
@@ -38,6 +41,7 @@ class Process:
     local_rank: int
     world_size: int
     device: torch.device
+    grouped: bool = False  # in a process group: launched by torchrun, whatever the world size
 
     @property
     def is_main(self) -> bool:
@@ -46,7 +50,7 @@ class Process:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.grouped or self.world_size > 1
 
 
 def backend_for(device: torch.device) -> str:
@@ -63,12 +67,14 @@ def start(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Process
     if chosen.type == "cuda":
         chosen = torch.device("cuda", local_rank)
         torch.cuda.set_device(chosen)
-    if world_size > 1 and not dist.is_initialized():
+    launched = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ  # torchrun sets it, for any world size
+    if launched and not dist.is_initialized():
         dist.init_process_group(backend=backend_for(chosen), timeout=timedelta(seconds=timeout_s))
     if world_size > 1:
         global _roll_call_group
         _roll_call_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
-    return Process(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
+    grouped = dist.is_initialized()
+    return Process(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen, grouped=grouped)
 
 
 def stop() -> None:

@@ -4,6 +4,10 @@ Decay pulls weights toward zero. That regularises the matrices that mix features
 W_U, the router's W_R...), but on an embedding row it would shrink rarely seen tokens toward
 nothing, and on a norm's gain or a bias it would fight the very scale it exists to set. So
 tables of embeddings (token, position, routing step), norms and biases are not decayed.
+
+The update runs as torch's fused AdamW kernel wherever it exists for every parameter (float
+tensors on CPU or CUDA): one pass over each tensor instead of a dozen elementwise ops, ~3x
+faster on CPU at nanoGPT's CPU size (bench/README.md), the same AdamW.
 """
 
 import math
@@ -23,6 +27,14 @@ def decays(name: str, parameter: nn.Parameter) -> bool:
     return parameter.ndim >= 2 and leaf.startswith("W_") and leaf not in NO_DECAY_NAMES
 
 
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def fused_available(parameters: list[nn.Parameter]) -> bool:
+    """torch's fused AdamW takes floating-point tensors on these devices only."""
+    return bool(parameters) and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in parameters)
+
+
 def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
     decayed: list[nn.Parameter] = []
     kept: list[nn.Parameter] = []
@@ -33,7 +45,8 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Ada
         {"params": decayed, "weight_decay": settings.weight_decay},
         {"params": kept, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2))
+    fused = fused_available(decayed + kept)
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), fused=fused or None)
 
 
 def learning_rate(step: int, settings: TrainSettings) -> float:

@@ -34,6 +34,7 @@ from transformer.inference.generation import generate
 from transformer.model.decoder import DecoderEnds, DecoderOutput
 from transformer.training import checkpoint as ckpt
 from transformer.training import distributed, parallel, rng
+from transformer.training.batches import StepBatches
 from transformer.training.config import RunConfig, build_model
 from transformer.training.distributed import (
     DATA_STREAM,
@@ -140,6 +141,7 @@ class _Run:
         self.wrapped: nn.Module = parallel.wrap_model(self.model, settings.parallel, process)
         self.optimizer = make_optimizer(self.model, settings)
         self.data_generator = torch.Generator().manual_seed(stream_seed(settings.seed, process.rank, DATA_STREAM))
+        self.batches = StepBatches(self._draw_windows, self.data_generator, process.device, settings.grad_accum)
         self.model.seed_route_rng(lambda seed: stream_seed(seed, process.rank, ROUTING_STREAM))
         self.step, self.best_val, self.skipped, self.saved_step = 0, math.inf, 0, -1
         rng.seed_everything(stream_seed(settings.seed, process.rank, DROPOUT_STREAM))  # dropout differs per rank
@@ -258,6 +260,9 @@ class _Run:
                 f"the {world} processes: set it to {world * max(1, self.settings.eval_batches // world)}"
             )
 
+    def _draw_windows(self, generator: torch.Generator) -> Tensor:
+        return self.data.sample_windows("train", self.settings.batch_size, self.model.cfg.n_ctx, generator)
+
     def _barrier(self) -> None:
         if self.process.distributed:
             dist.barrier()
@@ -339,23 +344,22 @@ class _Run:
         loss_sum = torch.zeros((), device=self.process.device)
         last_output: DecoderOutput | None = None
         with self.model.counting_window():
-            for micro in range(settings.grad_accum):
-                tokens = self.data.sample_windows(
-                    "train", settings.batch_size, self.model.cfg.n_ctx, self.data_generator
-                ).to(self.process.device)
+            for micro, tokens in enumerate(self.batches.take()):
                 with self._no_sync(last=micro == settings.grad_accum - 1), self._autocast():
                     objective = compute_objective(self.forward_model, tokens)
                 (objective.loss / settings.grad_accum).backward()
                 loss_sum += objective.lm_loss.detach().float()
                 last_output = objective.output
+        self.batches.prefetch()  # the next step's data, drawn and copied while this step computes
         loss = loss_sum / settings.grad_accum
         grad_norm = parallel.clip_gradients(self.model, settings.grad_clip if settings.grad_clip > 0 else math.inf)
-        if not self._all_finite(loss, grad_norm):
+        finite, mean_loss, norm = self._step_figures(loss, grad_norm)
+        if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        record: dict[str, Any] = {"loss": self._rank_mean(loss), "lr": lr, "grad_norm": float(grad_norm)}
+        record: dict[str, Any] = {"loss": mean_loss, "lr": lr, "grad_norm": norm}
         if last_output is not None:
             record.update(self.model.training_metrics(last_output))
         return record
@@ -372,19 +376,18 @@ class _Run:
             return torch.autocast(device, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _all_finite(self, loss: Tensor, grad_norm: Tensor) -> bool:
-        """Every rank skips together, or none does."""
+    def _step_figures(self, loss: Tensor, grad_norm: Tensor) -> tuple[bool, float, float]:
+        """Whether every rank's loss and gradient are finite (every rank skips together, or none
+        does), the loss averaged over ranks, and the gradient norm: one all-reduce and the
+        step's one host-device synchronisation, after the backward (the forward and backward
+        never wait for the device; tests/training/test_cuda.py proves it)."""
         bad = (~torch.isfinite(loss) | ~torch.isfinite(grad_norm)).float()
+        figures = torch.stack([bad, loss.float(), grad_norm.float()])
         if self.process.distributed:
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        return bool(bad.item() == 0)
-
-    def _rank_mean(self, value: Tensor) -> float:
-        if self.process.distributed:
-            value = value.clone()
-            dist.all_reduce(value)
-            value /= self.process.world_size
-        return float(value)
+            dist.all_reduce(figures)  # sums: any bad rank makes it > 0; the norm is the same on every rank
+            figures = figures / self.process.world_size
+        any_bad, mean_loss, norm = figures.tolist()
+        return any_bad == 0, mean_loss, norm
 
     # --- logging, evaluation, checkpoints -------------------------------------------------
 
@@ -460,7 +463,7 @@ class _Run:
 
     def _write_checkpoint(self, is_best: bool) -> Path | None:
         per_rank = {
-            "data_rng": self.data_generator.get_state(),
+            "data_rng": self.batches.generator_state(),  # before the batch drawn ahead
             "router_rng": self.model.route_rng_state(),
             "rng": rng.capture(),
         }
