@@ -55,7 +55,8 @@ class AdaLNZeroLayer(nn.Module):
     ) -> Float[Tensor, "batch pos d_model"]:
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (F.silu(c) @ self.W_mod + self.b_mod).chunk(6, dim=-1)
         x = x + gate_a[:, None, :] * self.attn(modulate(normalise(x, self.eps), shift_a, scale_a))
-        return x + gate_m[:, None, :] * self.mlp(modulate(normalise(x, self.eps), shift_m, scale_m))
+        mlp_out: Tensor = self.mlp(modulate(normalise(x, self.eps), shift_m, scale_m))
+        return x + gate_m[:, None, :] * mlp_out
 
 
 class AdaLNFinal(nn.Module):

@@ -79,7 +79,9 @@ class Diffusion:
         null = torch.full_like(labels, model.label.null)
         alpha_bar = self.alpha_bar.to(x.device)
         for i, t in enumerate(steps):
-            both = model(torch.cat([x, x]), torch.full((2 * x.shape[0],), t, device=x.device), torch.cat([labels, null]))
+            both = model(
+                torch.cat([x, x]), torch.full((2 * x.shape[0],), t, device=x.device), torch.cat([labels, null])
+            )
             eps_cond, eps_uncond = both.chunk(2)
             eps = eps_uncond + guidance * (eps_cond - eps_uncond)
             x0 = ((x - (1 - alpha_bar[t]).sqrt() * eps) / alpha_bar[t].sqrt()).clamp(-1, 1)

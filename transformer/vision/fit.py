@@ -109,9 +109,7 @@ class LossFunction:
         raise NotImplementedError
 
 
-def train_vit(
-    data: Digits, fit: FitConfig = FitConfig(), cfg: ModelConfig | None = None
-) -> tuple[ViT, FitReport]:
+def train_vit(data: Digits, fit: FitConfig = FitConfig(), cfg: ModelConfig | None = None) -> tuple[ViT, FitReport]:
     torch.manual_seed(fit.seed)
     model = ViT(cfg or vit_config(), ImageConfig())
 

@@ -35,7 +35,8 @@ class ViT(nn.Module):
         self.b_head = nn.Parameter(torch.zeros(image.n_classes))
 
     def forward(self, images: Float[Tensor, "batch channels height width"]) -> Float[Tensor, "batch n_classes"]:
-        resid = self.cls(self.patches(images)) + self.W_pos
+        resid: Tensor = self.cls(self.patches(images)) + self.W_pos
         for layer in self.layers:
             resid = layer(resid)
-        return self.ln_final(resid[:, 0]) @ self.W_head + self.b_head
+        summary: Tensor = self.ln_final(resid[:, 0])  # the class token's final state
+        return summary @ self.W_head + self.b_head
