@@ -1,6 +1,6 @@
 """DiT on scikit-learn's 8x8 digits: class-conditional samples, scored by the ViT (goal >= 80%).
 
-Trains `transformer.vision.fit.dit_config()` (4 adaLN-Zero layers, width 128, 2x2 patches) to
+Trains `transformer.vision.fit.dit_config()` (4 adaLN-Zero layers, width 64, 2x2 patches) to
 predict noise, draws `--per-class` samples of each digit with DDIM and classifier-free guidance,
 classifies them with the ViT saved by experiments/vit_digits.py (trained here first if absent),
 prints how often the ViT agrees with the label asked for (chance: 10%), and writes a grid, one
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from transformer.vision.diffusion import Diffusion
 from transformer.vision.digits import load_digits
-from transformer.vision.fit import FitConfig, accuracy, train_dit, train_vit
+from transformer.vision.fit import DIT_FIT, FitConfig, accuracy, train_dit, train_vit
 from transformer.vision.weights import load_vit, save_vit
 
 GOAL = 0.80
@@ -41,14 +41,14 @@ def save_grid(images: Tensor, per_class: int, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    defaults = FitConfig(steps=3000, batch=128, lr=1e-3, weight_decay=0.0, shift=0)
+    defaults = DIT_FIT
     parser.add_argument("--vit", type=Path, default=Path("runs/vision/vit.safetensors"))
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     parser.add_argument("--sampling-steps", type=int, default=50)
     parser.add_argument("--grid", type=Path, default=Path("docs/results/dit_digits.png"))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_digits()

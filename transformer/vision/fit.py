@@ -55,12 +55,15 @@ def vit_config(**overrides: object) -> ModelConfig:
 
 
 def dit_config(**overrides: object) -> ModelConfig:
-    """The DiT the experiment trains: 4 adaLN-Zero layers of width 128 over 16 patches."""
+    """The DiT the experiment trains: 4 adaLN-Zero layers of width 64 over 16 patches."""
     values: dict[str, object] = dict(
-        d_model=128, n_heads=4, n_layers=4, n_ctx=16, positional="none", causal=False, init_std=0.1
+        d_model=64, n_heads=4, n_layers=4, n_ctx=16, positional="none", causal=False, init_std=0.1
     )
     values.update(overrides)
     return ModelConfig(**values)  # type: ignore[arg-type]
+
+
+DIT_FIT = FitConfig(steps=2500, batch=128, lr=2e-3, weight_decay=0.0, shift=0)
 
 
 def _schedule(optimizer: torch.optim.Optimizer, fit: FitConfig) -> torch.optim.lr_scheduler.LambdaLR:
@@ -132,7 +135,7 @@ def to_signed(images: Tensor) -> Tensor:
 
 def train_dit(
     data: Digits,
-    fit: FitConfig = FitConfig(steps=3000, batch=128, lr=1e-3, weight_decay=0.0, shift=0),
+    fit: FitConfig = DIT_FIT,
     cfg: ModelConfig | None = None,
     label_dropout: float = 0.1,
     diffusion: Diffusion | None = None,
