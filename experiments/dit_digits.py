@@ -71,7 +71,7 @@ def main() -> None:
         pixels = (samples + 1) / 2
         agreement = accuracy(vit, pixels, labels)
         print(f"guidance {guidance}: ViT agrees with the label for {agreement:.4f} of {len(labels)} samples")
-        if agreement >= best:
+        if agreement > best:  # ties keep the smaller guidance
             best = agreement
             save_grid(pixels, args.per_class, args.grid)
     print(f"goal agreement >= {GOAL}: {'met' if best >= GOAL else 'NOT met'} (best {best:.4f}); grid {args.grid}")
