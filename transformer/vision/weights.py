@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from transformer.errors import UserError
@@ -28,8 +28,6 @@ def load_vit(path: Path) -> ViT:
     if not path.is_file():
         raise WeightsError(f"no saved ViT at {path}: train one with experiments/vit_digits.py --out {path}")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
         state = load_file(str(path))
