@@ -11,6 +11,9 @@ Two paths compute the same function, chosen by `ModelConfig.kernels`:
   `torch.nn.functional.scaled_dot_product_attention`, PyTorch's fused kernel.
 tests/model/test_attention.py proves the two agree, values and gradients.
 
+`ModelConfig.causal=False` drops the causal mask (padding still applies): every query sees every
+key, as an encoder over image patches needs (transformer/vision).
+
 With a `LayerCache` (generation, see kv_cache.py) `x` holds only the new positions: their keys
 and values are appended to the cache, and their queries attend over every cached key.
 """
@@ -46,6 +49,7 @@ class Attention(nn.Module):
         self.rotary = Rotary(cfg.rotary_dim, cfg.n_ctx, cfg.rope_base) if cfg.positional == "rotary" else None
         self.alibi = ALiBi(n_heads) if cfg.positional == "alibi" else None
         self.fast = cfg.kernels == "fast"
+        self.causal = cfg.causal
         self.scale = 1.0 / math.sqrt(d_head)
         # Readable path only (hooks.py): q, k, v before rotary, [batch n_heads pos d_head].
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
@@ -73,7 +77,10 @@ class Attention(nn.Module):
             q, k = self.rotary(q, offset), self.rotary(k, offset)
         if cache is not None:
             k, v = cache.append(k, v)  # from here on, keys and values of all offset + pos positions
-        allowed = self.allowed(x.shape[1], key_padding_mask, x.device, offset)
+        if self.causal:
+            allowed = self.allowed(x.shape[1], key_padding_mask, x.device, offset)
+        else:  # images and diffusion (transformer/vision/): every query sees every key
+            allowed = self.allowed(x.shape[1], key_padding_mask, x.device, offset, causal_mask=False)
         bias = self.alibi(x.shape[1], k.shape[2], offset) if self.alibi is not None else None
         if self.fast:
             return self._write_at_once(self._fast_mix(q, k, v, allowed, bias, key_padding_mask))
@@ -129,10 +136,17 @@ class Attention(nn.Module):
 
     @staticmethod
     def allowed(
-        pos: int, key_padding_mask: Bool[Tensor, "batch pos"] | None, device: torch.device, offset: int = 0
+        pos: int,
+        key_padding_mask: Bool[Tensor, "batch pos"] | None,
+        device: torch.device,
+        offset: int = 0,
+        causal_mask: bool = True,
     ) -> Bool[Tensor, "#batch 1 q k"]:
-        """Query i, at absolute position offset + i, may see keys 0 .. offset + i."""
-        causal = torch.ones(pos, offset + pos, dtype=torch.bool, device=device).tril(diagonal=offset)
+        """Query i, at absolute position offset + i, may see keys 0 .. offset + i (all keys
+        without `causal_mask`)."""
+        causal = torch.ones(pos, offset + pos, dtype=torch.bool, device=device)
+        if causal_mask:
+            causal = causal.tril(diagonal=offset)
         if key_padding_mask is None:
             return causal[None, None]
         return causal[None, None] & key_padding_mask[:, None, None, :]
@@ -187,7 +201,7 @@ class Attention(nn.Module):
     ) -> Float[Tensor, "batch n_heads q d_head"]:
         if bias is None and key_padding_mask is None:
             if q.shape[2] == k.shape[2]:  # no cache: SDPA's own causal mask is ours
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+                return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=self.scale)
             if q.shape[2] == 1:  # one new query after the cached keys: it may see them all
                 return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device)

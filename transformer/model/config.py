@@ -48,6 +48,7 @@ class ModelConfig:
     mlp: str = "gelu"
     attn_only: bool = False
     kernels: str = "fast"  # "readable" or "fast" (PyTorch's fused attention, norm and GELU: same functions)
+    causal: bool = True  # False: every position sees every other (images, diffusion: transformer/vision)
     bias: bool = True
     tie_embeddings: bool = False
     dropout: float = 0.0

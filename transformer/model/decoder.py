@@ -68,6 +68,10 @@ class DecoderEnds(nn.Module):
             raise ConfigError(
                 "model.d_vocab is not set: give it, or fill in the tokenizer's size with RunConfig.with_vocab"
             )
+        if not cfg.causal:
+            raise ConfigError(
+                "model.causal=false lets each position see the tokens it must predict: a decoder needs causal: true"
+            )
         self.cfg = cfg
         self.embed = Embed(cfg.d_vocab, cfg.d_model, cfg.init_std)
         self.pos_embed = make_positions(cfg)
