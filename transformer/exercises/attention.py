@@ -32,11 +32,16 @@ class Attention(solution.Attention):
 
     @staticmethod
     def allowed(
-        pos: int, key_padding_mask: Bool[Tensor, "batch pos"] | None, device: torch.device, offset: int = 0
+        pos: int,
+        key_padding_mask: Bool[Tensor, "batch pos"] | None,
+        device: torch.device,
+        offset: int = 0,
+        causal_mask: bool = True,
     ) -> Bool[Tensor, "#batch 1 q k"]:
         """True where query i (at absolute position offset + i) may see key j: j <= offset + i,
         and, with a padding mask, key j is not padding. Shape [1, 1, pos, offset + pos] without
-        a padding mask, [batch, 1, pos, offset + pos] with one.
+        a padding mask, [batch, 1, pos, offset + pos] with one. `causal_mask=False` (only the
+        image models of docs/vit.md and docs/dit.md pass it): every key is allowed.
 
         Hint: `torch.ones(...).tril(diagonal=offset)`."""
         raise NotImplementedError("exercise: Attention.allowed (docs/modules/attention.md)")
