@@ -227,3 +227,10 @@ def test_an_out_dir_that_names_a_file_is_refused_before_any_work(tmp_path: Path)
     for out_dir in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "run"):
         with pytest.raises(ConfigError, match=r"notes.txt is a file, not a folder"):
             check_out_dir(TrainSettings(out_dir=str(out_dir)))
+
+
+def test_a_model_too_large_for_the_machine_is_a_config_error_not_a_traceback() -> None:
+    # Well typed, but W_E alone would be 10**7 x 10**7 floats (400 TB): the allocation fails at once.
+    config = RunConfig(model=ModelConfig(d_model=10**7, n_heads=1, d_vocab=10**7), routing=None)
+    with pytest.raises(ConfigError, match="does not fit in this machine's memory"):
+        build_model(config)

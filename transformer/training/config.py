@@ -159,12 +159,22 @@ def _mapping(body: object, what: str) -> dict[str, Any]:
 
 def build_model(config: RunConfig) -> DecoderEnds:
     """The decoder a run config describes, with fresh weights; its d_vocab must be filled in
-    (`RunConfig.with_vocab`)."""
-    if config.routing is None:
-        return Decoder(config.model)
-    if config.routing.granularity == "token":
-        return TokenRoutedDecoder(config.model, config.routing)
-    return RoutedDecoder(config.model, config.routing)
+    (`RunConfig.with_vocab`). Sizes too large for this machine are a one-line error: a config
+    can be well typed and still ask for terabytes (`model.d_model=1000000`)."""
+    try:
+        if config.routing is None:
+            return Decoder(config.model)
+        if config.routing.granularity == "token":
+            return TokenRoutedDecoder(config.model, config.routing)
+        return RoutedDecoder(config.model, config.routing)
+    except RuntimeError as error:  # torch.OutOfMemoryError (CUDA) is one too
+        if "allocate" not in str(error):
+            raise
+        m = config.model
+        raise ConfigError(
+            f"the model (d_model={m.d_model}, n_layers={m.n_layers}, d_mlp={m.d_mlp}, d_vocab={m.d_vocab}) "
+            "does not fit in this machine's memory: make it smaller"
+        ) from None
 
 
 def with_overrides(values: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
