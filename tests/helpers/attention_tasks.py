@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transformer.analysis.interp.heads import repeated_distinct_tokens
 from transformer.model.decoder import Decoder
 from transformer.model.layer import TransformerLayer
 
@@ -28,11 +29,9 @@ def uniform_tokens(generator: torch.Generator, batch: int, seq_len: int, d_vocab
     return torch.randint(0, d_vocab, (batch, seq_len), generator=generator)
 
 
-def repeated_halves(generator: torch.Generator, batch: int, half: int, d_vocab: int) -> Tensor:
-    """[batch, 2 * half]: distinct tokens in the first half (so the token that followed the
-    current one is never ambiguous), then the first half again."""
-    first = torch.rand(batch, d_vocab, generator=generator).argsort(dim=-1)[:, :half]
-    return torch.cat((first, first), dim=1)
+# [batch, 2 * half]: distinct tokens, then the same again; the package's generator, so
+# experiments/induction_heads.py trains on exactly this task.
+repeated_halves = repeated_distinct_tokens
 
 
 def attention_patterns(model: Decoder, tokens: Tensor) -> list[Tensor]:

@@ -3,7 +3,12 @@
 
 import torch
 
-from transformer.analysis.interp.heads import induction_scores, previous_token_scores, repeated_random_tokens
+from transformer.analysis.interp.heads import (
+    induction_scores,
+    previous_token_scores,
+    repeated_distinct_tokens,
+    repeated_random_tokens,
+)
 from transformer.analysis.interp.hooks import ActivationCache
 
 
@@ -27,3 +32,11 @@ def test_repeated_random_tokens_repeat() -> None:
     tokens = repeated_random_tokens(torch.Generator().manual_seed(0), 4, 7, 50)
     assert tokens.shape == (4, 14)
     assert torch.equal(tokens[:, :7], tokens[:, 7:])
+
+
+def test_repeated_distinct_tokens_repeat_a_half_without_duplicates() -> None:
+    tokens = repeated_distinct_tokens(torch.Generator().manual_seed(0), 64, 9, 12)
+    assert tokens.shape == (64, 18)
+    assert torch.equal(tokens[:, :9], tokens[:, 9:])
+    assert all(len(set(row[:9].tolist())) == 9 for row in tokens)
+    assert int(tokens.min()) >= 0 and int(tokens.max()) < 12

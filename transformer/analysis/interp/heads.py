@@ -26,6 +26,16 @@ def repeated_random_tokens(generator: torch.Generator, batch: int, half: int, d_
     return torch.cat((first, first), dim=1)
 
 
+def repeated_distinct_tokens(
+    generator: torch.Generator, batch: int, half: int, d_vocab: int
+) -> Int[Tensor, "batch pos"]:
+    """[batch, 2 * half]: `half` distinct tokens, then the same tokens again. Distinct, so the
+    token that followed the current one's earlier copy is never ambiguous: the task an induction
+    head solves exactly (tests/model/test_attention.py and experiments/induction_heads.py train on it)."""
+    first = torch.rand(batch, d_vocab, generator=generator).argsort(dim=-1)[:, :half]
+    return torch.cat((first, first), dim=1)
+
+
 def induction_scores(cache: ActivationCache, half: int) -> Float[Tensor, "n_layers n_heads"]:
     """Mean attention from position t of the repeat to t - half + 1, per layer and head."""
     scores = []
