@@ -94,7 +94,8 @@ def _replay(tmp_path: Path, routed: bool, windows: torch.Tensor, routes: list[to
     return Path(config.train.out_dir)
 
 
-@pytest.mark.parametrize("routed", [True, False], ids=["routed", "plain"])
+# The plain case is slow: the routed one runs the same DDP path and more (routes, route streams).
+@pytest.mark.parametrize("routed", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["routed", "plain"])
 def test_two_rank_training_step_equals_one_process_on_the_global_batch(
     tmp_path: Path, routed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
