@@ -304,17 +304,34 @@ def induction_losses(n_layers: int, steps: int, seed: int = 0) -> Induction:
     return Induction(float(losses[:, : half - 1].mean()), float(losses[:, half:].mean()), score_at_init, score)
 
 
-@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
-def test_two_layers_form_an_induction_head_one_layer_cannot(seed: int) -> None:
-    """Seed 0 runs by default; the slow seeds show the contrast does not hinge on one seed. The
-    mechanism: a head of layer 1 attends from each repeated token to the token after its earlier
-    copy (an induction head), which no head of the untrained model does."""
+def assert_two_layers_learn_the_repeat_one_cannot(two: Induction, one: Induction) -> None:
+    assert two.repeated < 0.1, f"2 layers: repeated-half loss {two.repeated:.3f} ln(V), want < 0.1 ln(V)"
+    assert abs(two.first - 1) < 0.05, f"2 layers: first-half loss {two.first:.3f} ln(V), should stay ~ ln(V)"
+    assert one.repeated > 0.3, f"1 layer: repeated-half loss {one.repeated:.3f} ln(V), should stay far above 0.1"
+    assert abs(one.first - 1) < 0.1, f"1 layer: first-half loss {one.first:.3f} ln(V)"
+
+
+def test_two_layers_form_an_induction_head_one_layer_cannot() -> None:
+    """The mechanism, at seed 0: a head of layer 1 attends from each repeated token to the
+    token after its earlier copy (an induction head), which no head of the untrained model does."""
+    two = induction_losses(n_layers=2, steps=1000, seed=0)
+    one = induction_losses(n_layers=1, steps=1000, seed=0)
+    print(f"induction, seed 0: 2 layers {two}; 1 layer {one}")
+    assert_two_layers_learn_the_repeat_one_cannot(two, one)
+    assert two.score >= 0.9, f"2 layers: best induction score {two.score:.3f}, want >= 0.9"
+    assert two.score_at_init <= 0.1, f"untrained: best induction score {two.score_at_init:.3f}, want <= 0.1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_two_layers_learn_the_repeat_one_cannot_at_other_seeds(seed: int) -> None:
+    """The loss contrast does not hinge on one seed. The circuit can: at seed 1 the 2-layer model
+    reaches a repeat loss of 0.009 ln(V) with no induction head (best score 0.024): its layer-1
+    heads look 0-3 tokens back and a layer-0 head spreads its attention over the earlier half
+    (offsets 6-9). So the induction-head assertion is made where it holds, at seed 0, and this
+    test asserts the losses only (docs/interpretability.md discusses circuits that solve the task
+    without an induction head)."""
     two = induction_losses(n_layers=2, steps=1000, seed=seed)
     one = induction_losses(n_layers=1, steps=1000, seed=seed)
     print(f"induction, seed {seed}: 2 layers {two}; 1 layer {one}")
-    assert two.repeated < 0.1, f"2 layers: repeated-half loss {two.repeated:.3f} ln(V), want < 0.1 ln(V)"
-    assert abs(two.first - 1) < 0.05, f"2 layers: first-half loss {two.first:.3f} ln(V), should stay ~ ln(V)"
-    assert two.score >= 0.9, f"2 layers: best induction score {two.score:.3f}, want >= 0.9"
-    assert two.score_at_init <= 0.1, f"untrained: best induction score {two.score_at_init:.3f}, want <= 0.1"
-    assert one.repeated > 0.3, f"1 layer: repeated-half loss {one.repeated:.3f} ln(V), should stay far above 0.1"
-    assert abs(one.first - 1) < 0.1, f"1 layer: first-half loss {one.first:.3f} ln(V)"
+    assert_two_layers_learn_the_repeat_one_cannot(two, one)
