@@ -1,7 +1,6 @@
 """FSDP (train.parallel=fsdp, PyTorch's FSDP2 on gloo): two sharded ranks take the step one
 process takes on the global batch, and a run resumed from an FSDP checkpoint continues exactly."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,14 @@ from safetensors.torch import load_file
 from torch.multiprocessing.spawn import spawn
 
 from tests.helpers.tiny_runs import tiny_run_config
-from tests.training.test_trainer_distributed import OVERRIDES, WORLD, _free_port, _record_inputs, _replay
+from tests.training.test_trainer_distributed import (
+    OVERRIDES,
+    WORLD,
+    _free_port,
+    _record_inputs,
+    _replay,
+    join_as_rank,
+)
 from transformer import typecheck
 from transformer.model.config import ConfigError
 from transformer.training import checkpoint as ckpt
@@ -20,20 +26,8 @@ from transformer.training.trainer import train
 FSDP = ("train.parallel=fsdp", "train.eval_batches=2")  # FSDP: every rank runs as many forwards
 
 
-def _join(rank: int, port: int) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
-
-
 def _one_step_worker(rank: int, tmp_path: Path, port: int, routed: bool) -> None:
-    _join(rank, port)
+    join_as_rank(rank, port)
     record: dict[str, list[torch.Tensor]] = {"windows": [], "routes": []}
     _record_inputs(record)
     train(tiny_run_config(tmp_path, routed, *OVERRIDES, *FSDP))
@@ -81,7 +75,7 @@ def _resume_worker(rank: int, tmp_path: Path, ports: list[int]) -> None:
     for port, (config, resume, stop_at) in zip(
         ports, [(straight, None, None), (halves, None, 3), (halves, "latest", None)], strict=True
     ):
-        _join(rank, port)
+        join_as_rank(rank, port)
         train(config, resume=resume, stop_at=stop_at)
 
 

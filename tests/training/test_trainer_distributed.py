@@ -56,7 +56,8 @@ def _record_inputs(record: dict[str, list[torch.Tensor]]) -> None:
     Router.choose = recording_choose  # type: ignore[method-assign]
 
 
-def _worker(rank: int, tmp_path: Path, port: int, routed: bool) -> None:
+def join_as_rank(rank: int, port: int) -> None:
+    """The environment torchrun would give this rank of WORLD, on one thread."""
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -66,6 +67,10 @@ def _worker(rank: int, tmp_path: Path, port: int, routed: bool) -> None:
         OMP_NUM_THREADS="1",
     )
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, tmp_path: Path, port: int, routed: bool) -> None:
+    join_as_rank(rank, port)
     record: dict[str, list[torch.Tensor]] = {"windows": [], "routes": []}
     _record_inputs(record)
     train(tiny_run_config(tmp_path, routed, *OVERRIDES))
