@@ -145,6 +145,12 @@ def run_one(plan: Plan) -> str:
     return plan.config.train.out_dir
 
 
+def is_trained(plan: Plan) -> bool:
+    """The run's last checkpoint is there: `--reuse` scores it instead of training it again."""
+    last = Path(plan.config.train.out_dir) / "checkpoints" / f"step_{plan.config.train.max_steps:07d}"
+    return last.is_dir()
+
+
 def char_class(text: str) -> str:
     if text.isalpha():
         return "letter"
@@ -309,6 +315,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at once, one CPU thread each")
     parser.add_argument("--eval-windows", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="one seed, a tiny budget: checks the pipeline")
+    parser.add_argument(
+        "--reuse", action="store_true", help="score runs already trained in --out instead of refusing the folder"
+    )
     parser.add_argument("--plot", type=Path, nargs="+", help="only draw FIGURE from these results.json files")
     parser.add_argument("--figure", type=Path, default=Path("docs/results/compare.png"))
     args = parser.parse_args()
@@ -317,13 +326,16 @@ def main() -> None:
         return
     if args.quick:
         args.seeds, args.budget_tokens, args.eval_windows = [0], 20_000, 32
-    if args.out.exists() and any(args.out.iterdir()):
-        parser.error(f"{args.out} is not empty: give a new --out (runs are never overwritten)")
+    if args.out.exists() and any(args.out.iterdir()) and not args.reuse:
+        parser.error(f"{args.out} is not empty: give a new --out, or --reuse to score the runs there")
     tokenizer = train_tokenizer("char", load_documents(args.corpus))
     plans = plan_runs(args, args.corpus, tokenizer.vocab_size)
     print(f"{len(plans)} runs; steps: " + ", ".join(f"{p.variant}={p.config.train.max_steps}" for p in plans))
+    to_train = [plan for plan in plans if not (args.reuse and is_trained(plan))]
+    if len(to_train) < len(plans):
+        print(f"reusing {len(plans) - len(to_train)} trained runs")
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-        for done in pool.imap_unordered(run_one, plans):
+        for done in pool.imap_unordered(run_one, to_train):
             print("finished", done, flush=True)
     trained_tokenizer = load_trained(Path(plans[0].config.train.out_dir)).tokenizer
     windows, labels = evaluation_windows(args.corpus, trained_tokenizer, 64, args.eval_windows, seed=1234)
