@@ -33,6 +33,8 @@ from transformer.model.rotary import Rotary
 
 # Shapes inside attention: batch, n_heads, pos (queries q, keys k), d_head.
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -110,7 +112,10 @@ class Attention(nn.Module):
         else:
             qkv = flat @ side_by_side
         qkv = qkv.view(x.shape[0], x.shape[1], 3, n_heads, d_head).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]
+        # unbind: one backward node that stacks the three gradients; indexing three times would
+        # make three zero-filled gradients of qkv's size and add them up
+        q, k, v = qkv.unbind(0)
+        return q, k, v
 
     def _write_at_once(self, z: Float[Tensor, "batch n_heads pos d_head"]) -> Float[Tensor, "batch pos d_model"]:
         """`einsum("bhpe,hed->bpd", z, W_O) + b_O` as one matrix multiply over all heads."""
@@ -199,6 +204,13 @@ class Attention(nn.Module):
         bias: Float[Tensor, "n_heads q k"] | None,
         key_padding_mask: Bool[Tensor, "batch k"] | None,
     ) -> Float[Tensor, "batch n_heads q d_head"]:
+        if q.device.type == "cpu" and q.dtype in LOW_PRECISION:
+            # torch's fused attention backward on the CPU is ~5x slower in bfloat16 than in float32
+            # (bench/README.md), and the rest of the step gains from bfloat16: attend in float32
+            # (as the readable path's pattern does) and hand the result back in the low precision.
+            with torch.autocast("cpu", enabled=False):
+                z = self._fast_mix(q.float(), k.float(), v.float(), allowed, bias, key_padding_mask)
+            return z.to(q.dtype)
         if bias is None and key_padding_mask is None:
             if q.shape[2] == k.shape[2]:  # no cache: SDPA's own causal mask is ours
                 return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=self.scale)
