@@ -41,10 +41,11 @@ from transformer.data.tokens import prepare_corpus
 
 
 def learning_rate(step: int, args: argparse.Namespace) -> float:
-    if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
-    progress = min((step - args.warmup_steps) / max(args.max_steps - args.warmup_steps, 1), 1.0)
-    return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - args.min_lr)
+    lr, min_lr, warmup, total = float(args.lr), float(args.min_lr), int(args.warmup_steps), int(args.max_steps)
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,9 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99), fused=device.type == "cuda" or None)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     tokens_per_step = args.batch_size * args.n_ctx
     offsets = torch.arange(args.n_ctx + 1)
     ids = torch.from_numpy(np.asarray(data).astype(np.int64))

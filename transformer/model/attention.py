@@ -9,7 +9,10 @@ Two paths compute the same function, chosen by `ModelConfig.kernels`:
   weighted sum, to read and to probe;
 - "fast": Q, K and V from one matrix multiply (the heads' weights laid side by side), then
   `torch.nn.functional.scaled_dot_product_attention`, PyTorch's fused kernel.
-tests/model/test_attention.py proves the two agree, values and gradients.
+tests/model/test_attention.py proves the two agree, values and gradients. On the CPU the fast
+path attends in float32 when q, k and v are bfloat16 or float16 (bf16 autocast, `train.dtype:
+bfloat16`), as the readable path's pattern does: torch's low-precision attention backward there
+is several times slower than its float32 one (bench/README.md).
 
 `ModelConfig.causal=False` drops the causal mask (padding still applies): every query sees every
 key, as an encoder over image patches needs (transformer/vision).
@@ -205,7 +208,7 @@ class Attention(nn.Module):
         key_padding_mask: Bool[Tensor, "batch k"] | None,
     ) -> Float[Tensor, "batch n_heads q d_head"]:
         if q.device.type == "cpu" and q.dtype in LOW_PRECISION:
-            # torch's fused attention backward on the CPU is ~5x slower in bfloat16 than in float32
+            # torch's fused attention backward on the CPU takes ~4x as long in bfloat16 as in float32
             # (bench/README.md), and the rest of the step gains from bfloat16: attend in float32
             # (as the readable path's pattern does) and hand the result back in the low precision.
             with torch.autocast("cpu", enabled=False):
