@@ -8,12 +8,11 @@ Each run is the real command line, started as a subprocess from the repository r
 
 at nanoGPT's CPU shakespeare-char recipe (its README's "I only have a macbook": 4 layers,
 d_model 128, 4 heads, context 64, batch 12 per process, dropout 0, character tokenizer) on
-the built-in corpus unless `--data` names a text file. Two models:
+the built-in corpus unless `--data` names a text file. Three models:
 
 - plain:  `Decoder`, 4 layers;
 - routed: `RoutedDecoder`, the same depth (K = 4 routing steps) over a pool twice as large
   (N = 8 layers), routing prefix 16.
-
 - baseline: bench/nanogpt_loop.py, `BaselineGPT` (bench/gpt_baseline.py) trained by a loop shaped
   like nanoGPT's `train.py`, on the same data, vocabulary, sizes and batch, 1 process; float32 on
   the CPU whatever `--dtype` says (nanoGPT's rule). The goal: plain at least 1.2x its tokens/s.
