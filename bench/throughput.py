@@ -23,7 +23,7 @@ max(warmup, 2) steps: activations, gradients, AdamW's two moments and allocator 
   first step) minus the RSS at that moment. Where that reset is unavailable (not Linux) it
   falls back to ru_maxrss, which can also include peaks from before training.
 
-Run from the repository root:  python bench/throughput.py [--device cuda] [--dtype bfloat16]
+Run from the repository root:  python bench/throughput.py [--device cuda] [--dtype bfloat16|bfloat16-autocast]
 """
 
 import argparse
@@ -52,6 +52,7 @@ PATHS = ("readable", "fast", "baseline")
 D_VOCAB, D_MODEL, N_HEADS, N_LAYERS, N_CTX, BATCH = 65, 128, 4, 4, 64, 12
 FAST_VS_BASELINE_GOAL = 1.2  # fast tokens/s / baseline tokens/s should be at least this
 READABLE_VS_FAST_GOAL = 1.5  # readable ms/step / fast ms/step should be at most this
+AUTOCAST = "bfloat16-autocast"
 
 
 def build_model(path: str) -> nn.Module:
@@ -78,10 +79,15 @@ def make_batch(device: torch.device) -> tuple[Tensor, Tensor]:
     return tokens.to(device), targets.to(device)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, tokens: Tensor, targets: Tensor) -> Tensor:
-    output = model(tokens)
-    logits = output.logits if isinstance(output, DecoderOutput) else output  # the baseline returns bare logits
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, tokens: Tensor, targets: Tensor, autocast: bool = False
+) -> Tensor:
+    """`autocast`: the forward under bfloat16 autocast, as `transformer train` runs with
+    `train.dtype=bfloat16` (parameters, gradients and AdamW stay float32)."""
+    with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=autocast):
+        output = model(tokens)
+        logits = output.logits if isinstance(output, DecoderOutput) else output  # the baseline returns bare logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -156,7 +162,7 @@ def peak_memory_mib(path: str, args: argparse.Namespace) -> float:
     memory = PeakMemory(device)
     memory.start()
     for _ in range(max(args.warmup, 2)):  # AdamW allocates its moments in the first step
-        train_step(trainee.model, trainee.optimizer, tokens, targets)
+        train_step(trainee.model, trainee.optimizer, tokens, targets, args.dtype == AUTOCAST)
     return memory.stop_mib()
 
 
@@ -176,14 +182,14 @@ def time_paths(args: argparse.Namespace) -> list[Trainee]:
     tokens, targets = make_batch(device)
     for trainee in trainees:
         for _ in range(args.warmup):
-            train_step(trainee.model, trainee.optimizer, tokens, targets)
+            train_step(trainee.model, trainee.optimizer, tokens, targets, args.dtype == AUTOCAST)
     for repeat in range(args.repeats):
         for i in range(len(trainees)):
             trainee = trainees[(i + repeat) % len(trainees)]
             sync(device)
             wall, cpu = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
-                loss = train_step(trainee.model, trainee.optimizer, tokens, targets)
+                loss = train_step(trainee.model, trainee.optimizer, tokens, targets, args.dtype == AUTOCAST)
             sync(device)
             trainee.wall_ms.append((time.perf_counter() - wall) * 1000.0 / args.steps)
             trainee.cpu_ms.append((time.process_time() - cpu) * 1000.0 / args.steps)
@@ -260,7 +266,13 @@ def report(results: dict[str, Result], args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", AUTOCAST),
+        default="float32",
+        help="bfloat16: every path's parameters cast to bfloat16; bfloat16-autocast: float32 parameters, the "
+        "forward under bfloat16 autocast (train.dtype=bfloat16 in `transformer train`)",
+    )
     parser.add_argument("--steps", type=int, default=5, help="training steps per timed run")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per path; the median is reported")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per path before timing")

@@ -1,4 +1,5 @@
-"""Training speed of `transformer train` itself: 1 process against 2, plain against routed.
+"""Training speed of `transformer train` itself: 1 process against 2, plain against routed, and
+plain against a nanoGPT-shaped loop.
 
 Each run is the real command line, started as a subprocess from the repository root:
 
@@ -7,11 +8,14 @@ Each run is the real command line, started as a subprocess from the repository r
 
 at nanoGPT's CPU shakespeare-char recipe (its README's "I only have a macbook": 4 layers,
 d_model 128, 4 heads, context 64, batch 12 per process, dropout 0, character tokenizer) on
-the built-in corpus unless `--data` names a text file. Two models:
+the built-in corpus unless `--data` names a text file. Three models:
 
 - plain:  `Decoder`, 4 layers;
 - routed: `RoutedDecoder`, the same depth (K = 4 routing steps) over a pool twice as large
   (N = 8 layers), routing prefix 16.
+- baseline: bench/nanogpt_loop.py, `BaselineGPT` (bench/gpt_baseline.py) trained by a loop shaped
+  like nanoGPT's `train.py`, on the same data, vocabulary, sizes and batch, 1 process; float32 on
+  the CPU whatever `--dtype` says (nanoGPT's rule). The goal: plain at least 1.2x its tokens/s.
 
 Two processes (gloo on CPU) each train on their own batch of 12, so a step holds twice the
 tokens; "tokens/s" is always the aggregate over processes, as the trainer logs it. Each process
@@ -49,6 +53,7 @@ only the model and its training state; compare runs with each other, not with be
 throughput.py's "added by training" figures.
 
 Run from the repository root:  python bench/train_speed.py [--threads 0] [--repeats 2] [--data PATH]
+                              [--configs plain:1,baseline:1] [--dtype bfloat16]
 """
 
 import argparse
@@ -80,6 +85,10 @@ RECIPE = {
 ROUTED = {"routing.pool_size": 8, "routing.route_prefix_len": 16}
 MODELS = ("plain", "routed")
 PROCESS_COUNTS = (1, 2)
+# bench/nanogpt_loop.py: BaselineGPT in a nanoGPT-shaped loop, one process (float32 on the CPU)
+BASELINE = "baseline"
+CONFIGS = [(model, processes) for processes in PROCESS_COUNTS for model in MODELS] + [(BASELINE, 1)]
+PLAIN_VS_BASELINE_GOAL = 1.2  # plain tokens/s over baseline tokens/s, 1 process (issue 16)
 
 
 @dataclass
@@ -121,6 +130,13 @@ def settings(
     for key, value in values.items():
         options += ["--set", f"{key}={value}"]
     return options
+
+
+def baseline_command(max_steps: int, threads: int, args: argparse.Namespace, out_dir: Path) -> list[str]:
+    """The nanoGPT-shaped loop on the same data, sizes and batch as the recipe."""
+    options = ["--out-dir", str(out_dir), "--data", args.data, "--max-steps", str(max_steps)]
+    options += ["--threads", str(threads), "--device", args.device]
+    return [sys.executable, str(REPO / "bench" / "nanogpt_loop.py"), *options]
 
 
 def command(processes: int, options: list[str]) -> list[str]:
@@ -192,7 +208,10 @@ def measure(model: str, processes: int, threads: int, max_steps: int, args: argp
         env["OMP_NUM_THREADS"] = str(threads)  # torchrun would otherwise warn and set 1
         log = Path(scratch) / "output.txt"
         began = time.perf_counter()
-        argv = command(processes, settings(model, processes, threads, max_steps, args, out_dir))
+        if model == BASELINE:
+            argv = baseline_command(max_steps, threads, args, out_dir)
+        else:
+            argv = command(processes, settings(model, processes, threads, max_steps, args, out_dir))
         code, max_rss, sum_rss, cpu_s = run_to_end(argv, env, log)
         wall_s = time.perf_counter() - began
         output = log.read_text(errors="replace")
@@ -275,6 +294,8 @@ def report(by_key: dict[tuple[str, int], Result], timed_steps: int) -> None:
             f"{result.max_rss_mib:>11.0f} {summed:>11} {result.wall_s:>6.1f}"
         )
     for model in MODELS:
+        if (model, 1) not in by_key or (model, 2) not in by_key:
+            continue
         one, two = by_key[model, 1], by_key[model, 2]
         # CPU per token: 2 processes do twice the tokens per step
         cpu_per_token = two.cpu_ms_per_step(timed_steps) / (2 * one.cpu_ms_per_step(timed_steps))
@@ -285,6 +306,8 @@ def report(by_key: dict[tuple[str, int], Result], timed_steps: int) -> None:
             f"max RSS {two.max_rss_mib / one.max_rss_mib:.2f}x per process"
         )
     for processes in PROCESS_COUNTS:
+        if ("plain", processes) not in by_key or ("routed", processes) not in by_key:
+            continue
         plain, routed = by_key["plain", processes], by_key["routed", processes]
         cpu_ratio = routed.cpu_ms_per_step(timed_steps) / plain.cpu_ms_per_step(timed_steps)
         print(
@@ -292,6 +315,27 @@ def report(by_key: dict[tuple[str, int], Result], timed_steps: int) -> None:
             f"time per step {routed.ms_per_step / plain.ms_per_step:.2f}x, CPU time per step {cpu_ratio:.2f}x "
             f"(bench/routing_cost.py's goal: <= 1.1x); max RSS {routed.max_rss_mib / plain.max_rss_mib:.2f}x"
         )
+    if ("plain", 1) in by_key and (BASELINE, 1) in by_key:
+        plain, baseline = by_key["plain", 1], by_key[BASELINE, 1]
+        speed = plain.tokens_per_s / baseline.tokens_per_s
+        verdict = "meets goal" if speed >= PLAIN_VS_BASELINE_GOAL else "MISSES goal"
+        print(
+            f"1 process: plain (transformer train) vs baseline (nanoGPT loop), tokens/s {speed:.2f}x "
+            f"(goal >= {PLAIN_VS_BASELINE_GOAL}x: {verdict}); by CPU time per step "
+            f"{baseline.cpu_ms_per_step(timed_steps) / plain.cpu_ms_per_step(timed_steps):.2f}x; "
+            f"max RSS {plain.max_rss_mib / baseline.max_rss_mib:.2f}x"
+        )
+
+
+def parse_configs(text: str) -> list[tuple[str, int]]:
+    configs = []
+    for item in text.split(","):
+        model, _, processes = item.partition(":")
+        if (model, int(processes or 0)) not in CONFIGS:
+            choices = ",".join(f"{m}:{p}" for m, p in CONFIGS)
+            raise argparse.ArgumentTypeError(f"{item!r} is not one of {choices}")
+        configs.append((model, int(processes)))
+    return configs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,10 +357,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: 2 processes need 2 GPUs (NCCL)")
     parser.add_argument(
+        "--configs",
+        type=parse_configs,
+        default=CONFIGS,
+        help="which runs, as MODEL:PROCESSES pairs, e.g. plain:1,baseline:1 (default: "
+        + ",".join(f"{model}:{processes}" for model, processes in CONFIGS)
+        + ")",
+    )
+    parser.add_argument(
         "--dtype",
         choices=("auto", "float32", "bfloat16"),
         default="auto",
-        help="train.dtype (auto: bf16 autocast on CUDA, float32 on CPU)",
+        help="train.dtype of the trainer's runs (auto: bf16 autocast on CUDA, float32 on CPU); the baseline "
+        "keeps nanoGPT's rule (float32 on CPU, bf16 autocast on CUDA)",
     )
     return parser
 
@@ -337,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.skip + 1}..{args.steps}, {args.repeats} run(s) each",
         flush=True,
     )
-    keys = [(model, processes) for processes in PROCESS_COUNTS for model in MODELS]
+    keys = list(dict.fromkeys(args.configs))
     by_key = {key: Result([], []) for key in keys}
     for repeat in range(args.repeats):
         for i in range(len(keys)):

@@ -117,6 +117,45 @@ def test_softmax_runs_in_float32_for_bfloat16_parameters() -> None:
     assert module(inputs(dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["no_padding", "padding"])
+@pytest.mark.parametrize("autocast", [True, False], ids=["bf16_autocast", "bf16_parameters"])
+def test_fast_path_on_cpu_attends_in_float32_at_low_precision(padded: bool, autocast: bool) -> None:
+    """On the CPU the fast path mixes bfloat16 queries, keys and values in float32 (torch's
+    bfloat16 attention backward there is several times slower, bench/README.md): its output is
+    float32 attention over the same rounded q, k, v, handed back in bfloat16."""
+    fast = attention(kernels="fast", dtype=torch.float32 if autocast else torch.bfloat16)
+    mask = padding_mask() if padded else None
+    x = inputs(dtype=torch.float32 if autocast else torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = fast(x, mask)
+        q, k, v = fast._project_qkv_at_once(x, fast.W_Q, fast.W_K, fast.W_V, fast.b_Q, fast.b_K, fast.b_V)
+    assert q.dtype == torch.bfloat16 and out.dtype == torch.bfloat16
+    allowed = fast.allowed(POS, mask, x.device)
+    z = fast._fast_mix(q.float(), k.float(), v.float(), allowed, None, mask)  # float32: autocast is off here
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        expected = fast._write_at_once(z.to(torch.bfloat16))
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    # and it still computes the float32 module's function, to bfloat16's precision
+    reference = twin(fast.float(), "readable")(inputs(), mask)
+    torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)
+
+
+def test_fast_path_gradients_under_bf16_autocast_match_float32() -> None:
+    fast = attention(kernels="fast")
+    readable = twin(fast, "readable")
+    weights = inputs(seed=7)
+    grads = []
+    for module, autocast in ((fast, True), (readable, False)):
+        x = inputs().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = module(x)
+        (out.float() * weights).sum().backward()
+        grads.append([x.grad] + [p.grad for p in module.parameters()])
+    for low, exact in zip(grads[0], grads[1], strict=True):
+        assert low is not None and exact is not None
+        torch.testing.assert_close(low, exact, atol=0.05, rtol=0.05)
+
+
 # --- properties --------------------------------------------------------------------------------
 
 

@@ -9,7 +9,10 @@ Two paths compute the same function, chosen by `ModelConfig.kernels`:
   weighted sum, to read and to probe;
 - "fast": Q, K and V from one matrix multiply (the heads' weights laid side by side), then
   `torch.nn.functional.scaled_dot_product_attention`, PyTorch's fused kernel.
-tests/model/test_attention.py proves the two agree, values and gradients.
+tests/model/test_attention.py proves the two agree, values and gradients. On the CPU the fast
+path attends in float32 when q, k and v are bfloat16 or float16 (bf16 autocast, `train.dtype:
+bfloat16`), as the readable path's pattern does: torch's low-precision attention backward there
+is several times slower than its float32 one (bench/README.md).
 
 `ModelConfig.causal=False` drops the causal mask (padding still applies): every query sees every
 key, as an encoder over image patches needs (transformer/vision).
@@ -32,6 +35,8 @@ from transformer.model.kv_cache import LayerCache
 from transformer.model.rotary import Rotary
 
 # Shapes inside attention: batch, n_heads, pos (queries q, keys k), d_head.
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 class Attention(nn.Module):
@@ -110,7 +115,10 @@ class Attention(nn.Module):
         else:
             qkv = flat @ side_by_side
         qkv = qkv.view(x.shape[0], x.shape[1], 3, n_heads, d_head).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]
+        # unbind: one backward node that stacks the three gradients; indexing three times would
+        # make three zero-filled gradients of qkv's size and add them up
+        q, k, v = qkv.unbind(0)
+        return q, k, v
 
     def _write_at_once(self, z: Float[Tensor, "batch n_heads pos d_head"]) -> Float[Tensor, "batch pos d_model"]:
         """`einsum("bhpe,hed->bpd", z, W_O) + b_O` as one matrix multiply over all heads."""
@@ -199,6 +207,13 @@ class Attention(nn.Module):
         bias: Float[Tensor, "n_heads q k"] | None,
         key_padding_mask: Bool[Tensor, "batch k"] | None,
     ) -> Float[Tensor, "batch n_heads q d_head"]:
+        if q.device.type == "cpu" and q.dtype in LOW_PRECISION:
+            # torch's fused attention backward on the CPU takes ~4x as long in bfloat16 as in float32
+            # (bench/README.md), and the rest of the step gains from bfloat16: attend in float32
+            # (as the readable path's pattern does) and hand the result back in the low precision.
+            with torch.autocast("cpu", enabled=False):
+                z = self._fast_mix(q.float(), k.float(), v.float(), allowed, bias, key_padding_mask)
+            return z.to(q.dtype)
         if bias is None and key_padding_mask is None:
             if q.shape[2] == k.shape[2]:  # no cache: SDPA's own causal mask is ours
                 return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=self.scale)
