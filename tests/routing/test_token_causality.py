@@ -60,6 +60,7 @@ class ExpertChoiceCapacity(TokenRoutedDecoder):
         probabilities: Float[Tensor, "batch pos n_entries"],
         offset: int,
         cache: TokenStepCache | None,
+        step: int = 0,
     ) -> Bool[Tensor, "batch pos"]:
         routing = self.routing
         assert routing.capacity_factor is not None
