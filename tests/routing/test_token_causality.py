@@ -1,6 +1,7 @@
 """Token routing is causal: changing the tokens after position t leaves every logit up to t as
 it was, whichever attention scheme, with skip or without, with the capacity dropping tokens,
-in training (sampled routes) and evaluation (argmax), with per-step pools (Mixture-of-Depths form) too. A capacity chosen by top-k over the whole
+in training (sampled routes) and evaluation (argmax), with per-step pools (the
+Mixture-of-Depths form) too. A capacity chosen by top-k over the whole
 sequence, the expert-choice rule, fails the same check: the check can catch a leak."""
 
 import math

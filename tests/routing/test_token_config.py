@@ -75,7 +75,10 @@ def test_token_fields_set_from_the_command_line_round_trip() -> None:
         (["routing.granularity=token", "routing.compute_weight=0.1"], r"compute_weight=0.1 needs skip: true"),
         (["routing.skip=true"], r"skip, compute_weight and reward apply to token routing only: set granularity: token"),
         (["routing.reward=readout"], r"skip, compute_weight and reward apply to token routing only"),
-        (["routing.granularity=token", "routing.reward=exact"], r"reward='exact' is not one of \['first_order', 'readout'\]"),
+        (
+            ["routing.granularity=token", "routing.reward=exact"],
+            r"reward='exact' is not one of \['first_order', 'readout'\]",
+        ),
     ],
 )
 def test_bad_token_routing_values_are_one_line_errors_that_say_what_to_do(overrides: list[str], message: str) -> None:

@@ -104,15 +104,18 @@ def test_with_several_steps_the_direct_part_is_exact_and_the_rest_first_order() 
     final = terms.final.clone().requires_grad_()
     (g_final,) = torch.autograd.grad(lm_loss(readout.logits(final), targets), final)
     with torch.no_grad():
-        exact = torch.stack(
-            [
-                F.cross_entropy(readout.logits(terms.final).flatten(0, 1), targets.flatten(), reduction="none")
-                - F.cross_entropy(
-                    readout.logits(terms.final - update).flatten(0, 1), targets.flatten(), reduction="none"
-                )
-                for update in terms.updates
-            ]
-        ).view(terms.scores.shape) / targets.numel()
+        exact = (
+            torch.stack(
+                [
+                    F.cross_entropy(readout.logits(terms.final).flatten(0, 1), targets.flatten(), reduction="none")
+                    - F.cross_entropy(
+                        readout.logits(terms.final - update).flatten(0, 1), targets.flatten(), reduction="none"
+                    )
+                    for update in terms.updates
+                ]
+            ).view(terms.scores.shape)
+            / targets.numel()
+        )
         first_order_direct = (g_final[None] * terms.updates).sum(-1)
     (swap,) = torch.autograd.grad((terms.scores * (exact - first_order_direct)).sum(), readout.router.b_R)
     torch.testing.assert_close(gradient, first_gradient + swap, rtol=1e-4, atol=1e-7)

@@ -379,6 +379,13 @@ class TokenRoutedDecoder(RoutedBase):
         return 0.0 * torch.stack(idle).sum() if idle else 0.0
 
 
+def _token_losses(
+    model: TokenRoutedDecoder, resid: Float[Tensor, "batch pos d_model"], targets: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos"]:
+    logits = model.logits(resid).float()
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
 def readout_reward(
     model: TokenRoutedDecoder, terms: ReadoutTerms, targets: Int[Tensor, "batch pos"]
 ) -> Float[Tensor, ""]:
@@ -390,12 +397,8 @@ def readout_reward(
     residual, so scaling an update that dominates it changes almost nothing, while removing it
     changes everything (docs/routing.md, section 11). Cost: one readout per step, no backward."""
     with torch.no_grad():
-        def token_losses(resid: Tensor) -> Tensor:
-            logits = model.logits(resid).float()
-            return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
-
-        taken = token_losses(terms.final)
-        rewards = torch.stack([taken - token_losses(terms.final - update) for update in terms.updates])
+        taken = _token_losses(model, terms.final, targets)
+        rewards = torch.stack([taken - _token_losses(model, terms.final - update, targets) for update in terms.updates])
         rewards = rewards / targets.numel()
     return (rewards * (terms.scores - terms.scores.detach())).sum()
 
