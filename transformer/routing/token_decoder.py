@@ -21,6 +21,15 @@ What makes it honest and cheap:
 - Skip (`RoutingConfig.skip`): entry N is the identity, no parameters, no compute. Compute is
   asked for less by a capacity below 1 and/or `compute_weight` times the expected number of
   layers a token goes through (sum over steps of 1 - p_skip), added to the aux loss.
+- Learning to skip needs more than the gate: the readout normalises the residual, so the gate's
+  reward, the effect of *scaling* an update, is near zero for a layer whose update dominates it,
+  however much removing the layer would cost. `reward: readout` swaps the direct part of each
+  step's reward for the exact loss change at the readout when the step's update is removed
+  (`readout_reward`, which `compute_objective` adds), and `warm_start_steps` lets the layers
+  learn before the router judges them (docs/routing.md, section 11).
+- Per-step pools (`RoutingConfig.pools`): step k chooses among its own layers and skip, with the
+  capacity counted among those entries. With N = K and skip each step is its own layer or skip:
+  Mixture-of-Depths, causal because each token decides for itself.
 - Balance (Switch) per step over the N layers only, counted over all tokens of the global
   batch (all ranks, the micro-batches of the optimizer step), with the probabilities
   renormalised over the layers: balancing skip too would fight `compute_weight`. z-loss over
@@ -151,8 +160,8 @@ class TokenRoutedDecoder(RoutedBase):
         return super().active_parameters() - pool + round(pool * layers / self.routing.pool_size)
 
     def most_layers_per_token(self) -> float:
-        """K, or less when the capacity cannot take every token: each of the N layers takes at
-        most capacity_factor / n_entries of the tokens per step."""
+        """K, or less when the capacity cannot take every token: each of a step's layers takes at
+        most capacity_factor / (entries the step chooses among) of the tokens."""
         factor, layers = self.routing.capacity_factor, len(self.router.step_layers[0])
         share = 1.0 if factor is None else min(1.0, factor * layers / self.choices_per_step)
         return self.n_steps * share
