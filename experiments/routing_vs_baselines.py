@@ -9,6 +9,12 @@ corpus given with --corpus PATH. Pool N = 6 layers, K = 3 steps, d_model 64, con
   residual), no capacity limit; a layer's queries see every token of the step ("all") or only
   the tokens routed to it ("co_routed"). token-all-cap: "all" at capacity factor 1.25.
 - token-skip: token-all plus an identity entry (learned skip; evidence only, see docs/routing.md §11).
+- mod: plain-K with skip, a Mixture-of-Depths made causal: K = 3 layers, step k offers each
+  token its own layer k or skip, chosen from the token's own residual (no top-k over the
+  sequence); a compute penalty of 0.01 nats per layer, the readout reward and a warm start of
+  60 updates (docs/routing.md §11). It gets plain-K's steps; the layers it skips are FLOPs it
+  saves (column layers/token). A warm start is at most a fifth of a run (here and in
+  seq-per_step-warm), so that --quick runs reach the router too.
 - seq-shared, seq-per_step: per-sequence routing from a prefix of P = 16 characters, over the
   shared pool or per-step pools (step k picks among its own N / K layers); seq-per_step-warm adds
   a warm start from the fixed order.
@@ -49,6 +55,7 @@ from transformer.training.run_log import flops_per_token, read_log
 from transformer.training.trainer import train
 
 POOL, STEPS, PREFIX = 6, 3, 16
+WARM_START = 60  # updates in the fixed order before the router decides (at most a fifth of the run)
 SEQ = ["routing.granularity=sequence", f"routing.route_prefix_len={PREFIX}"]
 TOKEN = ["routing.granularity=token", "routing.capacity_factor=null"]
 LEARNED_OVERRIDES: dict[str, list[str]] = {
@@ -58,7 +65,17 @@ LEARNED_OVERRIDES: dict[str, list[str]] = {
     "token-skip": TOKEN + ["routing.token_attention=all", "routing.skip=true"],
     "seq-shared": SEQ + ["routing.pools=shared"],
     "seq-per_step": SEQ + ["routing.pools=per_step"],
-    "seq-per_step-warm": SEQ + ["routing.pools=per_step", "routing.warm_start_steps=60"],
+    "seq-per_step-warm": SEQ + ["routing.pools=per_step", f"routing.warm_start_steps={WARM_START}"],
+    "mod": [  # K layers, step k: its own layer or skip (Mixture-of-Depths, causal)
+        "routing.granularity=token",
+        f"routing.pool_size={STEPS}",
+        "routing.pools=per_step",
+        "routing.skip=true",
+        "routing.capacity_factor=null",
+        "routing.compute_weight=0.01",
+        "routing.reward=readout",
+        f"routing.warm_start_steps={WARM_START}",
+    ],
 }
 VARIANTS = ["plain-K", "plain-N", "fixed"] + [
     name for learned in LEARNED_OVERRIDES for name in (learned, f"{learned}-random")
@@ -126,6 +143,8 @@ def plan_runs(args: argparse.Namespace, corpus: str, vocab: int) -> list[Plan]:
             tokens_per_step = 16 * 64  # tiny-routed's batch and context
             steps = max(10, round(args.budget_tokens * reference / per_token / tokens_per_step))
             warmup = min(100, steps // 10)
+            if any(o.startswith("routing.warm_start_steps=") for o in overrides):  # a fifth of a short run at most
+                overrides.append(f"routing.warm_start_steps={min(WARM_START, steps // 5)}")
             config = load_run_config(
                 None,
                 overrides

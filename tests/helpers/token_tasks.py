@@ -6,10 +6,12 @@ fixed permutation. A marker's target thus needs a layer that reads the previous 
 applies its kind's map; a value's target (the next marker) is uniform, nothing to learn.
 
 `copy_or_look_back`: a Markov-like stream over 16 tokens: after a "copy" token (ids 0..7) comes
-the same token again, after a "look-back" token (8..15) the token before it, each with
-probability 1 - noise (else a uniform token). A copy token's target is its input: the direct
-path from embedding to unembedding predicts it, no layer needed. A look-back token needs
-attention to the previous position.
+the same token again, after a "look-back" token (8..15) that follows another look-back token
+the token before it, each with probability 1 - noise (else a uniform token). A copy token's
+target is its input: the direct path from embedding to unembedding predicts it, no layer
+needed. A look-back token needs attention to the previous position. A look-back token right
+after a copy token has no rule (a uniform target), so no target ever needs a copy token's keys
+and values: a copy token that skips a step (and so is no key at it) costs nobody anything.
 """
 
 import torch
@@ -44,12 +46,15 @@ COPY_TOKENS, LOOK_BACK_TOKENS = 8, 8
 
 
 def copy_or_look_back(batch: int, length: int, noise: float, generator: torch.Generator) -> Tensor:
-    """Tokens [batch, length]: ids < 8 are followed by themselves, ids >= 8 by the token before them."""
+    """Tokens [batch, length]: ids < 8 are followed by themselves, ids >= 8 after an id >= 8 by
+    the token before them, ids >= 8 after an id < 8 by a uniform token."""
     vocab = COPY_TOKENS + LOOK_BACK_TOKENS
     tokens = torch.empty(batch, length, dtype=torch.long)
     tokens[:, :2] = torch.randint(vocab, (batch, 2), generator=generator)
     for t in range(1, length - 1):
         rule = torch.where(tokens[:, t] < COPY_TOKENS, tokens[:, t], tokens[:, t - 1])
         uniform = torch.randint(vocab, (batch,), generator=generator)
-        tokens[:, t + 1] = torch.where(torch.rand(batch, generator=generator) < noise, uniform, rule)
+        no_rule = (tokens[:, t] >= COPY_TOKENS) & (tokens[:, t - 1] < COPY_TOKENS)
+        noisy = (torch.rand(batch, generator=generator) < noise) | no_rule
+        tokens[:, t + 1] = torch.where(noisy, uniform, rule)
     return tokens

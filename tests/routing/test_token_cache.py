@@ -5,7 +5,7 @@ holes where a token skipped or was dropped, the entry each token chose (co-route
 compares it) and each sequence's running capacity counts. Greedy decoding through that cache
 must give the very tokens, and to float32 rounding the very logits, of running the whole text
 so far at every step (the reference), for 64 new tokens, both attention schemes, with skip and
-without, while the capacity drops tokens.
+without, with per-step pools (one layer or skip a step), while the capacity drops tokens.
 """
 
 from typing import Any
@@ -25,7 +25,9 @@ NEW_TOKENS = 64
 TOLERANCE: dict[str, Any] = dict(rtol=1e-4, atol=1e-4)  # float32 rounding (measured below 1e-5)
 
 
-def cached_model(scheme: str, skip: bool, positional: str = "learned", kernels: str = "fast") -> TokenRoutedDecoder:
+def cached_model(
+    scheme: str, skip: bool, positional: str = "learned", kernels: str = "fast", **routing: Any
+) -> TokenRoutedDecoder:
     # init_std 0.3 spreads the logits, so no two tokens tie for the argmax to within rounding
     cfg = ModelConfig(
         d_vocab=D_VOCAB,
@@ -37,7 +39,8 @@ def cached_model(scheme: str, skip: bool, positional: str = "learned", kernels: 
         kernels=kernels,
         init_std=0.3,
     )
-    model = token_model(cfg, seed=0, pool_size=4, token_attention=scheme, skip=skip, capacity_factor=1.0)
+    values: dict[str, Any] = dict(pool_size=4, token_attention=scheme, skip=skip, capacity_factor=1.0) | routing
+    model = token_model(cfg, seed=0, **values)
     return model.eval()
 
 
@@ -73,6 +76,18 @@ def test_greedy_generation_with_the_cache_equals_full_forwards(scheme: str, skip
     assert bool(dropped.any()), "the capacity must drop tokens, or the carried counts go untested"
     if skip:
         assert bool((info.layer_choices == 4).any()), "some tokens must skip"
+
+
+@pytest.mark.parametrize("scheme", ["all", "co_routed"])
+def test_per_step_pools_generate_the_same_through_the_cache(scheme: str) -> None:
+    """The Mixture-of-Depths form: step k takes its own layer k or skips, the capacity counted
+    among those two entries and carried in the cache."""
+    model = cached_model(scheme, skip=True, positional="rotary", pool_size=3, pools="per_step")
+    prompt = torch.randint(0, D_VOCAB, (3, 6), generator=torch.Generator().manual_seed(1))
+    info = assert_matches_full_forwards(model, prompt)
+    for step in range(3):
+        assert set(info.layer_choices[..., step].unique().tolist()) == {step, 3}, "its own layer, or skip"
+    assert bool(((info.layer_choices < 3) & ~info.processed).any()), "the capacity must drop tokens"
 
 
 @pytest.mark.slow  # the readable path's cache in the default run: the chunks test below

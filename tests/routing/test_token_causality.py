@@ -1,6 +1,7 @@
 """Token routing is causal: changing the tokens after position t leaves every logit up to t as
 it was, whichever attention scheme, with skip or without, with the capacity dropping tokens,
-in training (sampled routes) and evaluation (argmax). A capacity chosen by top-k over the whole
+in training (sampled routes) and evaluation (argmax), with per-step pools (the
+Mixture-of-Depths form) too. A capacity chosen by top-k over the whole
 sequence, the expert-choice rule, fails the same check: the check can catch a leak."""
 
 import math
@@ -49,6 +50,25 @@ def test_changing_tokens_after_t_leaves_logits_up_to_t_unchanged(scheme: str, sk
         assert not torch.allclose(after[:, t + 1 :], before[:, t + 1 :])  # the test can fail
 
 
+@pytest.mark.parametrize("scheme", ["all", "co_routed"])
+@pytest.mark.parametrize("training", [False, True])
+def test_per_step_pools_with_skip_are_causal_too(scheme: str, training: bool) -> None:
+    """The Mixture-of-Depths form (step k: its own layer k or skip), the capacity shared among a
+    step's two entries and dropping tokens: no top-k over the sequence, nothing leaks."""
+    model = token_model(
+        tiny_config(), seed=3, pool_size=3, pools="per_step", skip=True, token_attention=scheme, capacity_factor=1.0
+    )
+    model.train(training)
+    tokens = torch.randint(0, 23, (6, 12), generator=torch.Generator().manual_seed(4))
+    for t in CHANGED_AFTER:
+        before, info = _run(model, tokens)
+        after, changed = _run(model, _changed_after(tokens, t))
+        assert bool(((info.layer_choices < 3) & ~info.processed).any()), "the capacity should drop tokens"
+        assert torch.equal(info.processed[:, : t + 1], changed.processed[:, : t + 1])
+        torch.testing.assert_close(after[:, : t + 1], before[:, : t + 1], rtol=0, atol=1e-6)
+        assert not torch.allclose(after[:, t + 1 :], before[:, t + 1 :])
+
+
 class ExpertChoiceCapacity(TokenRoutedDecoder):
     """The leak, built here only: each layer keeps the ceil(cf * pos / n_entries) tokens of the
     *whole* sequence that are most sure of it (top-k, as expert-choice routing does), so a later
@@ -60,6 +80,7 @@ class ExpertChoiceCapacity(TokenRoutedDecoder):
         probabilities: Float[Tensor, "batch pos n_entries"],
         offset: int,
         cache: TokenStepCache | None,
+        step: int = 0,
     ) -> Bool[Tensor, "batch pos"]:
         routing = self.routing
         assert routing.capacity_factor is not None

@@ -73,15 +73,25 @@ def test_token_fields_set_from_the_command_line_round_trip() -> None:
         ),
         (["routing.granularity=token", "routing.skip=true", "routing.compute_weight=-1"], r"compute_weight=-1.0"),
         (["routing.granularity=token", "routing.compute_weight=0.1"], r"compute_weight=0.1 needs skip: true"),
-        (["routing.skip=true"], r"skip and compute_weight apply to token routing only: set granularity: token"),
-        (["routing.granularity=token", "routing.pools=per_step"], r"pools and warm_start_steps apply to sequence"),
-        (["routing.granularity=token", "routing.warm_start_steps=5"], r"pools and warm_start_steps apply to sequence"),
+        (["routing.skip=true"], r"skip, compute_weight and reward apply to token routing only: set granularity: token"),
+        (["routing.reward=readout"], r"skip, compute_weight and reward apply to token routing only"),
+        (
+            ["routing.granularity=token", "routing.reward=exact"],
+            r"reward='exact' is not one of \['first_order', 'readout'\]",
+        ),
     ],
 )
 def test_bad_token_routing_values_are_one_line_errors_that_say_what_to_do(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message) as raised:
         load_run_config(None, overrides)
     assert isinstance(raised.value, UserError) and "\n" not in str(raised.value)
+
+
+def test_per_step_token_pools_need_a_pool_that_divides_among_the_steps() -> None:
+    config = load_run_config(None, ["routing.granularity=token", "routing.pools=per_step", "routing.pool_size=4"])
+    assert config.routing is not None and config.model.n_layers == 3
+    with pytest.raises(ConfigError, match="pools='per_step' needs pool_size=4 to be a multiple of the 3 routing steps"):
+        TokenRoutedDecoder(config.with_vocab(50).model, config.routing)
 
 
 def test_the_token_decoder_refuses_a_sequence_config() -> None:

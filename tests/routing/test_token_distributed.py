@@ -25,9 +25,11 @@ CFG = ModelConfig(d_vocab=19, d_model=16, n_heads=2, n_layers=2, n_ctx=12)
 IDLE = 3  # the router never picks this layer
 
 
-def _model() -> TokenRoutedDecoder:
+def _model(reward: str) -> TokenRoutedDecoder:
     # "log_p_baseline" subtracts a per-rank mean: two ranks would not be one process exactly
-    model = token_model(CFG, seed=0, prime=2.0, pool_size=4, skip=True, compute_weight=0.01, gradient="log_p")
+    model = token_model(
+        CFG, seed=0, prime=2.0, pool_size=4, skip=True, compute_weight=0.01, gradient="log_p", reward=reward
+    )
     with torch.no_grad():
         model.router.b_R[IDLE] = -1e4
     return model
@@ -37,11 +39,11 @@ def _batch() -> torch.Tensor:
     return torch.randint(0, 19, (8, 13), generator=torch.Generator().manual_seed(1))
 
 
-def _worker(rank: int, store: str, out_dir: str) -> None:
+def _worker(rank: int, store: str, out_dir: str, reward: str) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    model = _model().train()
+    model = _model(reward).train()
     model.seed_route_rng(lambda seed: stream_seed(seed, rank, ROUTING_STREAM))  # as the trainer does
     ddp = DistributedDataParallel(model)  # no find_unused_parameters
     local = _batch().chunk(WORLD)[rank]
@@ -63,14 +65,19 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def test_two_ranks_match_one_process_on_the_global_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("reward", ["first_order", "readout"])
+def test_two_ranks_match_one_process_on_the_global_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reward: str
+) -> None:
+    """With the readout reward too: its loss differences are per-rank means, like the LM loss,
+    so DDP's average of the ranks' gradients is the global batch's."""
     monkeypatch.setenv(typecheck.ENV_SWITCH, "1")  # workers check shapes like this process
-    spawn(_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn(_worker, args=(str(tmp_path / "store"), str(tmp_path), reward), nprocs=WORLD, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     route = torch.cat([torch.tensor(r["choices"]) for r in results])
     assert results[0]["choices"] != results[1]["choices"], "ranks should sample their own routes"
     assert int((route == IDLE).sum()) == 0 and int((route == 4).sum()) > 0, "skip used, the idle layer not"
-    model = _model().train()
+    model = _model(reward).train()
     output = compute_objective(model, _batch(), route=route)
     output.loss.backward()
     info = output.output.routing

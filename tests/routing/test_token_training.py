@@ -28,12 +28,19 @@ def _as_cli(config_args: list[str]) -> list[str]:
     return [item for assignment in config_args for item in ("--set", assignment)]
 
 
+# and with the readout reward after a warm start of 3 updates, so that the resume at 2 crosses it
+SKIP_LEARNING = ("routing.reward=readout", "routing.warm_start_steps=3")
+
+
+@pytest.mark.parametrize(
+    "extra", [pytest.param((), id="first_order"), pytest.param(SKIP_LEARNING, id="readout", marks=pytest.mark.slow)]
+)
 def test_the_cli_trains_a_token_routed_run_that_resumes_bit_for_bit(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: tuple[str, ...]
 ) -> None:
     """Four steps from the command line == two steps, stop, resume, two more: weights (the
     work counter too), optimizer moments and the train log's losses."""
-    short = ("train.max_steps=4", "train.eval_interval=2", "train.checkpoint_interval=2")
+    short = ("train.max_steps=4", "train.eval_interval=2", "train.checkpoint_interval=2", *extra)
     straight = tiny_run_config(tmp_path / "a", True, *TOKEN, *short)
     corpus, out = straight.train.data, Path(straight.train.out_dir)
     assignments = [

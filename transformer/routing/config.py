@@ -6,8 +6,11 @@ layer k, it is exactly the plain decoder.
 
 `granularity` says who chooses: each sequence, from its routing prefix (transformer/routing/decoder.py),
 or each token, from its own residual (transformer/routing/token_decoder.py). The token-level fields
-(`token_attention`, `capacity_factor`, `skip`, `compute_weight`) mean nothing to a sequence-routed
-decoder; `skip` and `compute_weight` are refused there rather than silently ignored.
+(`token_attention`, `capacity_factor`, `skip`, `compute_weight`, `reward`) mean nothing to a
+sequence-routed decoder; `skip`, `compute_weight` and `reward` are refused there rather than
+silently ignored. `pools` and `warm_start_steps` mean the same at both granularities: with
+`granularity: token`, `pools: per_step`, `pool_size` = K and `skip: true`, step k chooses between
+its own layer k and skip, a causal Mixture-of-Depths.
 """
 
 from dataclasses import asdict, dataclass
@@ -21,6 +24,7 @@ POLICY_CHOICES = ("learned", "random", "fixed")
 POOLS_CHOICES = ("shared", "per_step")
 GRANULARITY_CHOICES = ("sequence", "token")
 TOKEN_ATTENTION_CHOICES = ("all", "co_routed")
+REWARD_CHOICES = ("first_order", "readout")
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class RoutingConfig:
     gradient: str = "log_p_baseline"  # how the task loss reaches the router; "none": control
     route_policy: str = "learned"  # baselines: "random" (uniform per step), "fixed" (step k -> its fixed layer)
     seed: int = 0  # seeds the router's own generator (mixed with the rank: see distributed.stream_seed)
-    pools: str = "shared"  # "per_step": step k chooses only among its own N / K layers
+    pools: str = "shared"  # "per_step": step k chooses only among its own N / K layers (and skip, if any)
     warm_start_steps: int = 0  # S: the first S training updates route step k -> its fixed layer
     granularity: str = "sequence"  # "token": every token chooses its own layer at every step
     # token routing only ------------------------------------------------------------------
@@ -42,6 +46,10 @@ class RoutingConfig:
     capacity_factor: float | None = 1.25  # a layer takes <= ceil(cf * pos / entries) of a sequence's first pos tokens
     skip: bool = False  # an identity entry in the pool: a token may take no layer at a step
     compute_weight: float = 0.0  # penalty per expected layer a token goes through (needs skip)
+    # what a token's choice is worth to the router: "first_order" (the gate's <dL/dout, y - x>) or
+    # "readout" (the exact loss change at the readout when the step's update is removed, plus the
+    # gate's first-order term for the paths through later steps): docs/routing.md, section 11
+    reward: str = "first_order"
 
     def __post_init__(self) -> None:
         check_field_types(self, "routing")
@@ -84,15 +92,13 @@ class RoutingConfig:
             )
         if not isinstance(self.skip, bool):
             raise ConfigError(f"skip={self.skip!r} must be true or false")
+        if self.reward not in REWARD_CHOICES:
+            raise ConfigError(f"reward={self.reward!r} is not one of {list(REWARD_CHOICES)}")
         if not self.compute_weight >= 0:
             raise ConfigError(f"compute_weight={self.compute_weight} must be >= 0")
-        if self.granularity == "sequence" and (self.skip or self.compute_weight):
+        if self.granularity == "sequence" and (self.skip or self.compute_weight or self.reward != "first_order"):
             raise ConfigError(
-                "skip and compute_weight apply to token routing only: set granularity: token, or remove them"
-            )
-        if self.granularity == "token" and (self.pools != "shared" or self.warm_start_steps):
-            raise ConfigError(
-                "pools and warm_start_steps apply to sequence routing only: remove them, or set granularity: sequence"
+                "skip, compute_weight and reward apply to token routing only: set granularity: token, or remove them"
             )
         if self.compute_weight and not self.skip:
             raise ConfigError(
@@ -106,7 +112,7 @@ class RoutingConfig:
         return self.pool_size + int(self.skip)
 
     def check_fits(self, model: ModelConfig) -> None:
-        if self.route_prefix_len > model.n_ctx:
+        if self.granularity == "sequence" and self.route_prefix_len > model.n_ctx:
             raise ConfigError(
                 f"route_prefix_len={self.route_prefix_len} exceeds n_ctx={model.n_ctx}: the routing "
                 "prefix must fit in the context (e.g. n_ctx // 8)"

@@ -21,6 +21,15 @@ What makes it honest and cheap:
 - Skip (`RoutingConfig.skip`): entry N is the identity, no parameters, no compute. Compute is
   asked for less by a capacity below 1 and/or `compute_weight` times the expected number of
   layers a token goes through (sum over steps of 1 - p_skip), added to the aux loss.
+- Learning to skip needs more than the gate: the readout normalises the residual, so the gate's
+  reward, the effect of *scaling* an update, is near zero for a layer whose update dominates it,
+  however much removing the layer would cost. `reward: readout` swaps the direct part of each
+  step's reward for the exact loss change at the readout when the step's update is removed
+  (`readout_reward`, which `compute_objective` adds), and `warm_start_steps` lets the layers
+  learn before the router judges them (docs/routing.md, section 11).
+- Per-step pools (`RoutingConfig.pools`): step k chooses among its own layers and skip, with the
+  capacity counted among those entries. With N = K and skip each step is its own layer or skip:
+  Mixture-of-Depths, causal because each token decides for itself.
 - Balance (Switch) per step over the N layers only, counted over all tokens of the global
   batch (all ranks, the micro-batches of the optimizer step), with the probabilities
   renormalised over the layers: balancing skip too would fight `compute_weight`. z-loss over
@@ -38,6 +47,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
@@ -68,6 +78,17 @@ class TokenRoutingInfo(RoutingInfo):
     compute_loss: Float[Tensor, ""]  # expected layers per token under the router's probabilities
     layers_per_token: Float[Tensor, ""]  # layers that did process a token, per token
     dropped_fraction: Float[Tensor, ""]  # of the tokens choosing a layer, those over its capacity
+    readout: "ReadoutTerms | None" = None  # with `reward: readout`, in training: what `readout_reward` needs
+
+
+@dataclass
+class ReadoutTerms:
+    """What the readout reward needs from a forward: the final residual, each step's update of
+    each token (zero where it skipped or was dropped) and each choice's score, all per token."""
+
+    final: Float[Tensor, "batch pos d_model"]  # detached
+    updates: Float[Tensor, "steps batch pos d_model"]  # detached
+    scores: Float[Tensor, "steps batch pos"]  # differentiable: the router's gradient goes through them
 
 
 class TokenRoutedDecoder(RoutedBase):
@@ -80,6 +101,7 @@ class TokenRoutedDecoder(RoutedBase):
         super().__init__(cfg, routing)
         self.pool = TokenPool(cfg, routing.pool_size, co_routed=routing.token_attention == "co_routed")
         self.router = TokenRouter(cfg, routing)
+        self.warm_starting = routing.warm_start_steps > 0  # before any update, update 0's routes
         # layer applications and tokens over all training forwards so far (all ranks): the work done
         self.register_buffer("work", torch.zeros(2, dtype=torch.long))
 
@@ -92,7 +114,21 @@ class TokenRoutedDecoder(RoutedBase):
 
     @property
     def choices_per_step(self) -> int:
-        return self.routing.n_entries
+        """Entries one step chooses among: its own layers (all N, or N / K per step), and skip."""
+        return len(self.router.step_layers[0]) + int(self.routing.skip)
+
+    def set_training_step(self, step: int, total_steps: int) -> None:
+        """Sampled routes at an annealed temperature; the first `warm_start_steps` updates route
+        every token to step k's fixed layer instead, so that each layer learns something before
+        the router weighs it: a layer the router sends no token never learns, and a reward then
+        finds nothing in it. Both follow from the step alone, so a resume is exact."""
+        super().set_training_step(step, total_steps)
+        self.warm_starting = step < self.routing.warm_start_steps
+
+    def set_trained_steps(self, steps: int, total_steps: int) -> None:
+        """Routes as the update that made checkpoint `steps` took them: fixed during the warm start."""
+        super().set_trained_steps(steps, total_steps)
+        self.warm_starting = max(steps - 1, 0) < self.routing.warm_start_steps
 
     @property
     def route_granularity(self) -> str:
@@ -124,10 +160,10 @@ class TokenRoutedDecoder(RoutedBase):
         return super().active_parameters() - pool + round(pool * layers / self.routing.pool_size)
 
     def most_layers_per_token(self) -> float:
-        """K, or less when the capacity cannot take every token: each of the N layers takes at
-        most capacity_factor / n_entries of the tokens per step."""
-        factor = self.routing.capacity_factor
-        share = 1.0 if factor is None else min(1.0, factor * self.routing.pool_size / self.routing.n_entries)
+        """K, or less when the capacity cannot take every token: each of a step's layers takes at
+        most capacity_factor / (entries the step chooses among) of the tokens."""
+        factor, layers = self.routing.capacity_factor, len(self.router.step_layers[0])
+        share = 1.0 if factor is None else min(1.0, factor * layers / self.choices_per_step)
         return self.n_steps * share
 
     def new_cache(self) -> TokenKVCache:
@@ -161,24 +197,33 @@ class TokenRoutedDecoder(RoutedBase):
         steps = self._step_caches(cache)
         offset = cache.length if cache is not None else 0
         resid = self.embed_tokens(tokens, offset)
-        learned = self.routing.route_policy == "learned"
+        learned = self.routing.route_policy == "learned" and not self.warm_starting
         choices, processed, all_logits, all_probabilities, used = [], [], [], [], set()
+        updates: list[Tensor] = []
+        scores: list[Tensor] = []
         for step in range(self.n_steps):
             step_cache = steps[step] if steps is not None else None
             logits = self.router(resid, step)
             choice = route[..., step] if route is not None else self._choose(logits, step)
             probabilities = self.router.probabilities(logits)
-            admitted = self.admit(choice, probabilities, offset, step_cache)
+            admitted = self.admit(choice, probabilities, offset, step_cache, step)
             layer_out, sizes = self.pool(resid, choice, admitted, offset, step_cache, key_padding_mask)
             used |= {index for index, size in enumerate(sizes) if size}
             score = (
                 choice_score(probabilities.flatten(0, 1), choice.flatten(), self.routing.gradient) if learned else None
             )
+            if score is not None and self.routing.reward == "readout" and torch.is_grad_enabled():
+                updates.append((layer_out - resid).detach())
+                scores.append(score.view(batch, pos))
             resid = gate(resid.flatten(0, 1)[:, None], layer_out.flatten(0, 1)[:, None], score).view(resid.shape)
             choices.append(choice)
             processed.append(admitted)
             all_logits.append(logits)
             all_probabilities.append(probabilities)
+        readout = None
+        if updates:
+            resid = self._without_direct_first_order(resid, updates, scores)
+            readout = ReadoutTerms(resid.detach(), torch.stack(updates), torch.stack(scores))
         info = self._routing_info(
             torch.stack(choices, -1),
             torch.stack(processed, -1),
@@ -186,7 +231,22 @@ class TokenRoutedDecoder(RoutedBase):
             torch.stack(all_probabilities, -2),
             used,
         )
+        info.readout = readout
         return DecoderOutput(self.logits(resid), aux_loss=info.aux_loss, routing=info)
+
+    @staticmethod
+    def _without_direct_first_order(
+        final: Float[Tensor, "batch pos d_model"], updates: list[Tensor], scores: list[Tensor]
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """The final residual, unchanged in value, whose backward takes the direct part out of
+        each step's gate reward: the gate gave step k's score <g_k, u_k> (g_k: dL/d residual after
+        step k); a residual add passes dL/d final = g_K straight back, so <g_K, u_k> is the part
+        of it that reaches the loss through the readout alone. Adding (s_k - sg(s_k)) * sg(-u_k)
+        here subtracts exactly that, leaving the first-order effect through later steps; the
+        readout reward puts back the direct part, exactly instead of to first order."""
+        for update, score in zip(updates, scores, strict=True):
+            final = final + (score - score.detach()).to(final.dtype)[..., None] * (-update)
+        return final
 
     def admit(
         self,
@@ -194,14 +254,19 @@ class TokenRoutedDecoder(RoutedBase):
         probabilities: Float[Tensor, "batch pos n_entries"],
         offset: int,
         cache: TokenStepCache | None,
+        step: int = 0,
     ) -> Bool[Tensor, "batch pos"]:
         """The tokens a layer takes (transformer/routing/capacity.py): causal, first come first
         served along positions; a cache carries each sequence's counts to the next call. Only
         the choices count, never the probabilities: ranking a layer's tokens by probability over
-        the whole sequence (expert choice) would let later tokens evict earlier ones."""
-        routing = self.routing
+        the whole sequence (expert choice) would let later tokens evict earlier ones. With
+        per-step pools the capacity is shared among the step's own entries: each of its layers
+        may take ceil(cf * pos / choices_per_step) of a sequence's first pos tokens."""
+        routing, own = self.routing, self.router.step_layers[step]
         before = cache.taken if cache is not None else None
-        admitted, taken = admit(choice, routing.pool_size, routing.n_entries, routing.capacity_factor, offset, before)
+        if len(own) < routing.pool_size:  # count in the step's own entries: its layers, then skip
+            choice = torch.where(choice >= routing.pool_size, len(own), choice - own.start)
+        admitted, taken = admit(choice, len(own), self.choices_per_step, routing.capacity_factor, offset, before)
         if cache is not None:
             cache.taken = taken
         return admitted
@@ -216,6 +281,12 @@ class TokenRoutedDecoder(RoutedBase):
             raise IndexError(
                 f"route names entry {int(route.max())}; the pool has {self.routing.pool_size} layers{skip}"
             )
+        for step, own in enumerate(self.router.step_layers):
+            forced = route[..., step]
+            if len(own) < self.routing.pool_size and bool(
+                ((forced < own.start) | ((forced >= own.stop) & (forced < self.routing.pool_size))).any()
+            ):
+                raise IndexError(f"route sends a token at step {step} to a layer outside that step's own {own}")
 
     @staticmethod
     def _step_caches(cache: KVCache | None) -> list[TokenStepCache] | None:
@@ -226,15 +297,19 @@ class TokenRoutedDecoder(RoutedBase):
         return cache.steps
 
     def _choose(self, logits: Float[Tensor, "batch pos n_entries"], step: int) -> Int[Tensor, "batch pos"]:
-        """The router's choice, or a baseline policy's: "fixed" sends every token to layer k at
-        step k (mod N); "random" draws an entry uniformly per token, in training from the
-        router's generator, in evaluation from a fresh one seeded with `routing.seed`."""
-        policy, shape, entries = self.routing.route_policy, logits.shape[:2], self.routing.n_entries
-        if policy == "fixed":
-            return torch.full(shape, step % self.routing.pool_size, dtype=torch.long, device=logits.device)
+        """The router's choice, or a baseline policy's: "fixed" (and the warm start) sends every
+        token to step k's fixed layer (`RoutingConfig.fixed_layer`); "random" draws one of the
+        step's entries uniformly per token, in training from the router's generator, in
+        evaluation from a fresh one seeded with `routing.seed`."""
+        policy, shape, routing = self.routing.route_policy, logits.shape[:2], self.routing
+        if policy == "fixed" or self.warm_starting:
+            layer = routing.fixed_layer(step, self.n_steps)
+            return torch.full(shape, layer, dtype=torch.long, device=logits.device)
         if policy == "random":
             generator = self._random_policy_generator(step)
-            return torch.randint(entries, shape, generator=generator).to(logits.device)
+            own = self.router.step_layers[step]
+            drawn = torch.randint(self.choices_per_step, shape, generator=generator)
+            return torch.where(drawn >= len(own), routing.pool_size, drawn + own.start).to(logits.device)
         return self.router.choose(logits)
 
     # --- what the routes cost and owe ---------------------------------------------------------
@@ -257,11 +332,14 @@ class TokenRoutedDecoder(RoutedBase):
         layer_probabilities = flat[..., :n_layers]
         if self.routing.skip:  # balance the layers among themselves, whatever skip takes
             layer_probabilities = layer_probabilities / layer_probabilities.sum(-1, keepdim=True).clamp_min(1e-30)
-        balance = routing_losses.balance_loss(chosen[:, :n_layers], layer_probabilities)
+        per_step = len(self.router.step_layers[0])
+        balance = routing_losses.balance_loss(chosen[:, :n_layers], layer_probabilities, per_step)
         z = routing_losses.z_loss(logits.reshape(-1, steps, self.routing.n_entries))
         compute = flat[..., :n_layers].sum(dim=(-1, -2)).mean()
         weights = self.routing
         aux = weights.balance_weight * balance + weights.z_loss_weight * z + weights.compute_weight * compute
+        if self.warm_starting:  # the router waits: exact zero gradients, still in DDP's graph
+            aux = 0.0 * aux
         wanted = chosen[:, :n_layers].sum()
         return TokenRoutingInfo(
             layer_choices=choices,
@@ -308,6 +386,30 @@ class TokenRoutedDecoder(RoutedBase):
             p.sum() for index, layer in enumerate(self.pool.layers) if index not in used for p in layer.parameters()
         ]
         return 0.0 * torch.stack(idle).sum() if idle else 0.0
+
+
+def _token_losses(
+    model: TokenRoutedDecoder, resid: Float[Tensor, "batch pos d_model"], targets: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos"]:
+    logits = model.logits(resid).float()
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
+def readout_reward(
+    model: TokenRoutedDecoder, terms: ReadoutTerms, targets: Int[Tensor, "batch pos"]
+) -> Float[Tensor, ""]:
+    """Zero in value; its gradient gives each choice's score the loss its step's update caused
+    at the readout, exactly: R = (l(final) - l(final - update)) / tokens per token and step, with
+    l the token's cross-entropy, the mean the language-model loss takes (every target is scored
+    at token granularity). A token that skipped made no update: R = 0, the baseline every layer
+    is measured against. Why not the gate's first-order reward: the readout normalises the
+    residual, so scaling an update that dominates it changes almost nothing, while removing it
+    changes everything (docs/routing.md, section 11). Cost: one readout per step, no backward."""
+    with torch.no_grad():
+        taken = _token_losses(model, terms.final, targets)
+        rewards = torch.stack([taken - _token_losses(model, terms.final - update, targets) for update in terms.updates])
+        rewards = rewards / targets.numel()
+    return (rewards * (terms.scores - terms.scores.detach())).sum()
 
 
 def as_token_routed(model: nn.Module, needed_by: str = "this") -> TokenRoutedDecoder:
