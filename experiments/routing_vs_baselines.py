@@ -8,11 +8,12 @@ corpus given with --corpus PATH. Pool N = 6 layers, K = 3 steps, d_model 64, con
 - token-all, token-co: token routing (every token picks a pool layer at every step from its own
   residual), no capacity limit; a layer's queries see every token of the step ("all") or only
   the tokens routed to it ("co_routed"). token-all-cap: "all" at capacity factor 1.25.
-- token-skip: token-all plus an identity entry (learned skip; evidence only, see docs/routing.md §11).
+- token-skip: token-all plus an identity entry (learned skip with the first-order reward;
+  evidence only, see docs/routing.md §12).
 - mod: plain-K with skip, a Mixture-of-Depths made causal: K = 3 layers, step k offers each
   token its own layer k or skip, chosen from the token's own residual (no top-k over the
   sequence); a compute penalty of 0.01 nats per layer, the readout reward and a warm start of
-  60 updates (docs/routing.md §11). It gets plain-K's steps; the layers it skips are FLOPs it
+  60 updates (docs/routing.md §12). It gets plain-K's steps; the layers it skips are FLOPs it
   saves (column layers/token). A warm start is at most a fifth of a run (here and in
   seq-per_step-warm), so that --quick runs reach the router too.
 - seq-shared, seq-per_step: per-sequence routing from a prefix of P = 16 characters, over the
@@ -29,6 +30,7 @@ also scored on targets >= P and rows compare on that column.
     python experiments/routing_vs_baselines.py --variants plain-K token-all --seeds 0 1 2 --out runs/rvb
     python experiments/routing_vs_baselines.py --corpus ../shared/data/tinyshakespeare.txt ...
     python experiments/routing_vs_baselines.py --plot runs/rvb/results.json ... --figure docs/results/compare.png
+    python experiments/routing_vs_baselines.py --table runs/rvb/results.json runs/rvb-extra/results.json  # one table
 
 docs/results.md says which runs made the json files in experiments/results/, and how long they took.
 """
@@ -338,10 +340,14 @@ def main() -> None:
         "--reuse", action="store_true", help="score runs already trained in --out instead of refusing the folder"
     )
     parser.add_argument("--plot", type=Path, nargs="+", help="only draw FIGURE from these results.json files")
+    parser.add_argument("--table", type=Path, nargs="+", help="only print the table of these results.json files")
     parser.add_argument("--figure", type=Path, default=Path("docs/results/compare.png"))
     args = parser.parse_args()
     if args.plot:
         plot_curves(args.plot, args.figure)
+        return
+    if args.table:
+        print(summarise([run for path in args.table for run in json.loads(path.read_text())["runs"]]))
         return
     if args.quick:
         args.seeds, args.budget_tokens, args.eval_windows = [0], 20_000, 32

@@ -1,4 +1,4 @@
-"""How learned skip comes about, update by update (docs/routing.md section 11, figure for its skip part).
+"""How learned skip comes about, update by update (docs/routing.md section 12, its figure).
 
 The slow tests in tests/routing/test_token_learning.py check where token routing ends on
 `copy_or_look_back` (tests/helpers/token_tasks.py): a copy token's target is its own input, so

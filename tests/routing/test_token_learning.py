@@ -15,7 +15,7 @@ Skip: `copy_or_look_back` has tokens whose target is their own input (the embedd
 path predicts it, no layer needed) and tokens that need attention to the one before (whose keys
 never come from a copy token, so a copy token that skips costs nobody). With an identity entry
 and a compute penalty, copy tokens should skip and look-back tokens should not. That needs two
-things (docs/routing.md, section 11), and each negative control removes one: a reward that sees
+things (docs/routing.md, section 12), and each negative control removes one: a reward that sees
 the whole loss difference of taking the layer (`reward: readout`; the gate's first-order
 <dL/dout, y - x> is blind to it, since the readout normalises the residual), and a layer that
 has learned something before the router judges it (`warm_start_steps`).

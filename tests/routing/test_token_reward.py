@@ -1,4 +1,4 @@
-"""The readout reward (`routing.reward: readout`) is what docs/routing.md, section 11, says.
+"""The readout reward (`routing.reward: readout`) is what docs/routing.md, section 12, says.
 
 - It changes no value: logits and the objective are those of the first-order reward, bit for bit.
 - With one step the router's gradient is exactly the score-function gradient of the loss

@@ -48,7 +48,7 @@ class RoutingConfig:
     compute_weight: float = 0.0  # penalty per expected layer a token goes through (needs skip)
     # what a token's choice is worth to the router: "first_order" (the gate's <dL/dout, y - x>) or
     # "readout" (the exact loss change at the readout when the step's update is removed, plus the
-    # gate's first-order term for the paths through later steps): docs/routing.md, section 11
+    # gate's first-order term for the paths through later steps): docs/routing.md, section 12
     reward: str = "first_order"
 
     def __post_init__(self) -> None:

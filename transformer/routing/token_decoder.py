@@ -26,7 +26,7 @@ What makes it honest and cheap:
   however much removing the layer would cost. `reward: readout` swaps the direct part of each
   step's reward for the exact loss change at the readout when the step's update is removed
   (`readout_reward`, which `compute_objective` adds), and `warm_start_steps` lets the layers
-  learn before the router judges them (docs/routing.md, section 11).
+  learn before the router judges them (docs/routing.md, section 12).
 - Per-step pools (`RoutingConfig.pools`): step k chooses among its own layers and skip, with the
   capacity counted among those entries. With N = K and skip each step is its own layer or skip:
   Mixture-of-Depths, causal because each token decides for itself.
@@ -404,7 +404,7 @@ def readout_reward(
     at token granularity). A token that skipped made no update: R = 0, the baseline every layer
     is measured against. Why not the gate's first-order reward: the readout normalises the
     residual, so scaling an update that dominates it changes almost nothing, while removing it
-    changes everything (docs/routing.md, section 11). Cost: one readout per step, no backward."""
+    changes everything (docs/routing.md, section 12). Cost: one readout per step, no backward."""
     with torch.no_grad():
         taken = _token_losses(model, terms.final, targets)
         rewards = torch.stack([taken - _token_losses(model, terms.final - update, targets) for update in terms.updates])
