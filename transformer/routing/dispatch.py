@@ -103,7 +103,7 @@ class TokenPool(nn.Module):
         plain_causal = everyone and cache is None and key_padding_mask is None
         allowed = step_mask(choice, keys, key_choice, offset, self.co_routed, plain_causal)
         bias = first.alibi(pos, k.shape[2], offset) if first.alibi is not None else None
-        z = mix(first, q, k, v, allowed, bias, plain_causal)
+        z = mix(first, q, k, v, allowed, bias, plain_causal, padded=key_padding_mask is not None)
         if batched is not None:  # 3., every group at once
             finished = batched.finish(z.transpose(1, 2).reshape(batch * pos, n_heads * d_head))
             return torch.where(admitted.view(batch * pos, 1), finished, flat).view(batch, pos, d_model), sizes
@@ -177,9 +177,13 @@ def mix(
     allowed: Bool[Tensor, "#batch 1 q k"],
     bias: Float[Tensor, "n_heads q k"] | None,
     plain_causal: bool,
+    padded: bool = True,
 ) -> Float[Tensor, "batch n_heads q d_head"]:
     """Attention's pattern-weighted values, by the same readable or fused path as `Attention`;
-    a query with no key (it was not processed, and nobody before it was) gets zeros."""
+    a query with no key (it was not processed, and nobody before it was) gets zeros. Fast path
+    without padding (`padded` False): such a query's row is left as SDPA gives it (finite), for
+    it is never read: a token processed at this step is a key to itself (the causal diagonal,
+    processed, its own layer), so only padding leaves a processed query without a key."""
     if not attn.fast:
         return attn.pattern(q, k, allowed, bias).to(v.dtype) @ v
     if plain_causal and bias is None:
@@ -189,7 +193,7 @@ def mix(
     if bias is not None:
         mask = mask + bias.to(q.dtype)
     z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
-    return z * allowed.any(dim=-1, keepdim=True).to(z.dtype)
+    return z * allowed.any(dim=-1, keepdim=True).to(z.dtype) if padded else z
 
 
 def finish(
