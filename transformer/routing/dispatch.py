@@ -31,6 +31,11 @@ With a `TokenStepCache` (generation) the new positions' keys, values, validity a
 appended to the step's cache and the new queries attend over all of them.
 
 There is one host sync per step: the group sizes, which `split` needs on the host.
+
+With `ModelConfig.kernels == "fast"`, steps 1 and 3 of a step with several groups run as one
+padded batch over the layers instead of a call per layer (transformer/routing/stacked.py: at
+small batches the calls, not the arithmetic, cost most); the code above stays what the readable
+kernels run, and the twin tests hold the two equal.
 """
 
 from typing import cast

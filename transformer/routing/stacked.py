@@ -121,9 +121,14 @@ class Batched:
         self.layers, self.w = weights.layers, weights.get()
         n_layers, height, tokens = len(sizes), max(sizes), flat.shape[0]
         device = order.device
-        grid = torch.arange(n_layers * height, device=device).view(n_layers, height)
-        real = torch.arange(height, device=device) < torch.tensor(sizes, device=device)[:, None]
-        rows = grid[real]  # the buffer row of each token of `order`
+        # the buffer row of each token of `order`: its place in `order`, shifted to its layer's
+        # block (from the sizes on the host: no boolean indexing, which would sync a GPU)
+        starts = [sum(sizes[:index]) for index in range(n_layers)]
+        shift = torch.tensor([index * height - start for index, start in enumerate(starts)], device=device)
+        admitted = len(order)
+        rows = torch.arange(admitted, device=device) + shift.repeat_interleave(
+            torch.tensor(sizes, device=device), output_size=admitted
+        )
         self.source = order.new_zeros(n_layers * height).index_copy(0, rows, order)  # buffer row -> token
         self.slot = order.new_zeros(tokens).index_copy(0, order, rows)  # token -> buffer row
         self.shape = (n_layers, height)
