@@ -10,10 +10,13 @@ batch 12, vocab 65), all with the package's defaults otherwise (fast attention):
 - per-step: the same with `pools="per_step"`: step k chooses between its own 2 layers;
 - token-all / token-co: `TokenRoutedDecoder`, the same pool and steps, every token choosing
   its own layer at every step (capacity factor 1.25), queries over the keys of every token
-  of the step (`token_attention="all"`) or of its co-routed tokens only (`"co_routed"`).
+  of the step (`token_attention="all"`) or of its co-routed tokens only (`"co_routed"`);
+- token-all-loop / token-co-loop (only with --models): the same with the per-layer dispatch the
+  readable kernels run (`pool.batched = False`), the "before" arm of the batched dispatch.
 
 One training step = `compute_objective(model, tokens).loss` (next-token loss, plus the
-routed model's balance and z-losses), backward, AdamW step, zero_grad, on one fixed batch
+routed model's balance and z-losses), backward, the AdamW step `transformer train` takes
+(`make_optimizer`: fused where torch has the kernel), zero_grad, on one fixed batch
 of random tokens; the routed models sample their routes as in training. The goal: a routed
 step costs at most 1.1x a plain-4 step. Timing runs the models interleaved, in rotating
 order, in one process, so that a change in machine load hits them alike: `warmup` untimed
@@ -59,12 +62,14 @@ from transformer.routing.config import RoutingConfig
 from transformer.routing.decoder import RoutedDecoder, as_routed
 from transformer.routing.token_decoder import TokenRoutedDecoder
 from transformer.training import objective as objective_module
+from transformer.training.config import TrainSettings
 from transformer.training.objective import compute_objective
+from transformer.training.optim import make_optimizer
 
 MODELS = ("plain-4", "plain-8", "routed", "per-step", "token-all", "token-co")
-# The same routed models with the per-layer dispatch (one layer call per chosen layer and step),
-# what the fast kernels ran before the batched dispatch: the "before" arm of a comparison.
-LOOPED = tuple(f"{name}-loop" for name in MODELS[2:])
+# The token-routed models with the per-layer dispatch (one call per chosen layer and step), what
+# the fast kernels ran before the batched dispatch (stacked.py): the "before" arm of a comparison.
+LOOPED = ("token-all-loop", "token-co-loop")
 # nanoGPT's shakespeare_char CPU recipe (its README's "I only have a macbook"), dropout 0.
 D_VOCAB, D_MODEL, N_HEADS, N_CTX = 65, 128, 4, 64
 STEPS_K, POOL_N, PREFIX = 4, 8, 16
@@ -75,6 +80,7 @@ TOKEN_VS_PLAIN4_GOAL = 1.25  # token-routed (capacity factor 1.25) ms/step / pla
 def build_model(name: str) -> nn.Module:
     if name.endswith("-loop"):
         model = build_model(name.removesuffix("-loop"))
+        assert isinstance(model, TokenRoutedDecoder)
         model.pool.batched = False
         return model
     depth = 8 if name == "plain-8" else STEPS_K
@@ -124,7 +130,7 @@ def build_trainee(name: str, args: argparse.Namespace) -> Trainee:
     torch.manual_seed(0)
     model = build_model(name).to(torch.device(args.device))
     model.train()
-    return Trainee(name, model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    return Trainee(name, model, make_optimizer(model, TrainSettings()))
 
 
 # --- Memory -----------------------------------------------------------------------------------
@@ -412,7 +418,7 @@ def report(trainees: list[Trainee], peaks: dict[str, float], args: argparse.Name
         )
     comparisons = [("routed", "plain-8")]
     comparisons += [(name, "plain-4") for name in MODELS[2:] + LOOPED]
-    comparisons += [(name, f"{name}-loop") for name in MODELS[2:]]
+    comparisons += [(name, f"{name}-loop") for name in MODELS[4:]]
     for name, other in comparisons:
         if name not in medians or other not in medians:
             continue
