@@ -112,3 +112,22 @@ def test_a_collapsed_route_keeps_the_readable_dispatch(monkeypatch: pytest.Monke
     balanced = (torch.arange(12) % 4).expand(2, 12)  # 6 tokens each: 24 buffer rows for 24
     pool(torch.randn(2, 12, 16), balanced, torch.ones(2, 12, dtype=torch.bool))
     assert batched == [(24, 24)]
+
+
+def test_the_batched_dispatch_is_deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same step twice, from the same weights and route: the same bits, logits and gradients."""
+    _, fast = _twins("defaults", pool_size=4, skip=True, capacity_factor=1.25)
+    tokens = torch.randint(0, 23, (8, 12), generator=torch.Generator().manual_seed(11))
+    route = torch.randint(0, 5, (8, 12, 3), generator=torch.Generator().manual_seed(12))
+    batched = _count_batched_steps(monkeypatch)
+    runs = []
+    for _ in range(2):
+        fast.zero_grad(set_to_none=True)
+        output = fast.train()(tokens, route=route)
+        assert output.aux_loss is not None
+        (output.logits.pow(2).mean() + output.aux_loss).backward()
+        runs.append((output.logits, {name: grad.clone() for name, grad in _gradients(fast).items()}))
+    assert len(batched) == 6, "each of the 3 steps of both runs batched"
+    assert torch.equal(runs[0][0], runs[1][0])
+    for name, grad in runs[0][1].items():
+        assert torch.equal(grad, runs[1][1][name]), name

@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tests.helpers.token_models import token_model
 from transformer import typecheck
 from transformer.model.config import ModelConfig
+from transformer.routing import stacked
 from transformer.routing.token_decoder import TokenRoutedDecoder
 from transformer.training.distributed import ROUTING_STREAM, stream_seed
 from transformer.training.objective import compute_objective
@@ -37,9 +38,29 @@ def _batch() -> torch.Tensor:
     return torch.randint(0, 19, (8, 13), generator=torch.Generator().manual_seed(1))
 
 
-def _worker(rank: int, store: str, out_dir: str) -> None:
+def _batch_every_step(monkeypatch: pytest.MonkeyPatch | None = None) -> list[int]:
+    """Every step with several groups through the batched dispatch (stacked.py), however
+    padded; returns a list that grows by one per batched step."""
+    batched: list[int] = []
+    original = stacked.Batched.__init__
+
+    def counted(self: stacked.Batched, *args: object) -> None:
+        batched.append(1)
+        original(self, *args)  # type: ignore[arg-type]
+
+    if monkeypatch is None:  # a spawned worker: its own copy of the modules
+        stacked.PADDING_LIMIT = float("inf")
+        setattr(stacked.Batched, "__init__", counted)  # noqa: B010
+    else:
+        monkeypatch.setattr(stacked, "PADDING_LIMIT", float("inf"))
+        monkeypatch.setattr(stacked.Batched, "__init__", counted)
+    return batched
+
+
+def _worker(rank: int, store: str, out_dir: str, batch_every_step: bool) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
+    batched = _batch_every_step() if batch_every_step else []
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     model = _model().train()
     model.seed_route_rng(lambda seed: stream_seed(seed, rank, ROUTING_STREAM))  # as the trainer does
@@ -56,6 +77,7 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
         "counts": info.counts.tolist(),
         "applied": info.applied.tolist(),
         "work": model.work.tolist(),
+        "batched_steps": len(batched),
     }
     model.zero_grad()
     compute_objective(ddp, local).loss.backward()  # a second step: DDP would now fail on a missed gradient
@@ -63,9 +85,16 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def test_two_ranks_match_one_process_on_the_global_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("batch_every_step", [False, True], ids=["default-dispatch", "batched-dispatch"])
+def test_two_ranks_match_one_process_on_the_global_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_every_step: bool
+) -> None:
+    """`batched-dispatch`: every step with several groups through stacked.py, on the ranks
+    and in the reference process."""
     monkeypatch.setenv(typecheck.ENV_SWITCH, "1")  # workers check shapes like this process
-    spawn(_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn(_worker, args=(str(tmp_path / "store"), str(tmp_path), batch_every_step), nprocs=WORLD, join=True)
+    if batch_every_step:
+        _batch_every_step(monkeypatch)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     route = torch.cat([torch.tensor(r["choices"]) for r in results])
     assert results[0]["choices"] != results[1]["choices"], "ranks should sample their own routes"
@@ -80,6 +109,7 @@ def test_two_ranks_match_one_process_on_the_global_batch(tmp_path: Path, monkeyp
         assert torch.equal(torch.tensor(r["applied"]), info.applied)
         assert r["work"] == model.work.tolist()
     for rank_result in results:
+        assert rank_result["batched_steps"] > 0 or not batch_every_step
         grads = rank_result["grads"]
         assert isinstance(grads, dict)
         assert len(grads) == rank_result["n_params"], "every parameter, the idle layer's too, has a gradient"

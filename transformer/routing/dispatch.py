@@ -48,7 +48,8 @@ from torch import Tensor, nn
 from transformer.model.attention import Attention
 from transformer.model.config import ModelConfig
 from transformer.model.layer import TransformerLayer
-from transformer.routing.stacked import PADDING_LIMIT, Batched, StackedWeights
+from transformer.routing import stacked
+from transformer.routing.stacked import Batched, StackedWeights
 from transformer.routing.token_cache import TokenStepCache
 
 
@@ -82,7 +83,7 @@ class TokenPool(nn.Module):
         n_heads, _, d_head = first.W_Q.shape
         used = [index for index, size in enumerate(sizes) if size]
         batched = None
-        if self.batched and len(used) > 1 and len(layers) * max(sizes) <= PADDING_LIMIT * len(order):
+        if self.batched and len(used) > 1 and len(layers) * max(sizes) <= stacked.PADDING_LIMIT * len(order):
             batched = Batched(weights or self.new_weights(), sizes, order, flat)
 
         # 1. queries, keys and values, each token by its own layer (a layer with no token does not run)
