@@ -10,10 +10,13 @@ batch 12, vocab 65), all with the package's defaults otherwise (fast attention):
 - per-step: the same with `pools="per_step"`: step k chooses between its own 2 layers;
 - token-all / token-co: `TokenRoutedDecoder`, the same pool and steps, every token choosing
   its own layer at every step (capacity factor 1.25), queries over the keys of every token
-  of the step (`token_attention="all"`) or of its co-routed tokens only (`"co_routed"`).
+  of the step (`token_attention="all"`) or of its co-routed tokens only (`"co_routed"`);
+- token-all-loop / token-co-loop (only with --models): the same with the per-layer dispatch the
+  readable kernels run (`pool.batched = False`), the "before" arm of the batched dispatch.
 
 One training step = `compute_objective(model, tokens).loss` (next-token loss, plus the
-routed model's balance and z-losses), backward, AdamW step, zero_grad, on one fixed batch
+routed model's balance and z-losses), backward, the AdamW step `transformer train` takes
+(`make_optimizer`: fused where torch has the kernel), zero_grad, on one fixed batch
 of random tokens; the routed models sample their routes as in training. The goal: a routed
 step costs at most 1.1x a plain-4 step. Timing runs the models interleaved, in rotating
 order, in one process, so that a change in machine load hits them alike: `warmup` untimed
@@ -59,9 +62,14 @@ from transformer.routing.config import RoutingConfig
 from transformer.routing.decoder import RoutedDecoder, as_routed
 from transformer.routing.token_decoder import TokenRoutedDecoder
 from transformer.training import objective as objective_module
+from transformer.training.config import TrainSettings
 from transformer.training.objective import compute_objective
+from transformer.training.optim import make_optimizer
 
 MODELS = ("plain-4", "plain-8", "routed", "per-step", "token-all", "token-co")
+# The token-routed models with the per-layer dispatch (one call per chosen layer and step), what
+# the fast kernels ran before the batched dispatch (stacked.py): the "before" arm of a comparison.
+LOOPED = ("token-all-loop", "token-co-loop")
 # nanoGPT's shakespeare_char CPU recipe (its README's "I only have a macbook"), dropout 0.
 D_VOCAB, D_MODEL, N_HEADS, N_CTX = 65, 128, 4, 64
 STEPS_K, POOL_N, PREFIX = 4, 8, 16
@@ -70,6 +78,11 @@ TOKEN_VS_PLAIN4_GOAL = 1.25  # token-routed (capacity factor 1.25) ms/step / pla
 
 
 def build_model(name: str) -> nn.Module:
+    if name.endswith("-loop"):
+        model = build_model(name.removesuffix("-loop"))
+        assert isinstance(model, TokenRoutedDecoder)
+        model.pool.batched = False
+        return model
     depth = 8 if name == "plain-8" else STEPS_K
     cfg = ModelConfig(d_vocab=D_VOCAB, d_model=D_MODEL, n_heads=N_HEADS, n_layers=depth, n_ctx=N_CTX)
     if name in ("token-all", "token-co"):
@@ -117,7 +130,7 @@ def build_trainee(name: str, args: argparse.Namespace) -> Trainee:
     torch.manual_seed(0)
     model = build_model(name).to(torch.device(args.device))
     model.train()
-    return Trainee(name, model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    return Trainee(name, model, make_optimizer(model, TrainSettings()))
 
 
 # --- Memory -----------------------------------------------------------------------------------
@@ -173,7 +186,7 @@ def timed_run(trainee: Trainee, tokens: Tensor, args: argparse.Namespace, route:
 
 def time_models(args: argparse.Namespace) -> list[Trainee]:
     """Timed runs of the models, interleaved and in rotating order (see the module docstring)."""
-    trainees = [build_trainee(name, args) for name in MODELS]
+    trainees = [build_trainee(name, args) for name in args.models]
     tokens = make_tokens(args.batch, torch.device(args.device))
     for trainee in trainees:
         for _ in range(args.warmup):
@@ -389,7 +402,7 @@ def report(trainees: list[Trainee], peaks: dict[str, float], args: argparse.Name
     )
     memory_kind = "peak RSS" if on_cpu else "peak alloc"
     print(
-        f"{'model':<8} {'params':>10} {'tokens/s':>9} {'ms/step':>8} {'cpu ms/step':>11} "
+        f"{'model':<14} {'params':>10} {'tokens/s':>9} {'ms/step':>8} {'cpu ms/step':>11} "
         f"{memory_kind + ' +MiB':>15}  wall ms/step of each run"
     )
     medians: dict[str, tuple[float, float]] = {}
@@ -400,17 +413,15 @@ def report(trainees: list[Trainee], peaks: dict[str, float], args: argparse.Name
         runs = " ".join(f"{run:.0f}" for run in trainee.wall_ms)
         cpu_text = f"{cpu:.1f}" if on_cpu else "-"
         print(
-            f"{trainee.name:<8} {parameters:>10,} {args.batch * N_CTX / (wall / 1000.0):>9,.0f} {wall:>8.1f} "
+            f"{trainee.name:<14} {parameters:>10,} {args.batch * N_CTX / (wall / 1000.0):>9,.0f} {wall:>8.1f} "
             f"{cpu_text:>11} {peaks[trainee.name]:>15.1f}  {runs}"
         )
-    comparisons = (
-        ("routed", "plain-4"),
-        ("routed", "plain-8"),
-        ("per-step", "plain-4"),
-        ("token-all", "plain-4"),
-        ("token-co", "plain-4"),
-    )
+    comparisons = [("routed", "plain-8")]
+    comparisons += [(name, "plain-4") for name in MODELS[2:] + LOOPED]
+    comparisons += [(name, f"{name}-loop") for name in MODELS[4:]]
     for name, other in comparisons:
+        if name not in medians or other not in medians:
+            continue
         model = medians[name]
         goal = None
         if other == "plain-4":
@@ -418,7 +429,9 @@ def report(trainees: list[Trainee], peaks: dict[str, float], args: argparse.Name
         wall_ratio = model[0] / medians[other][0]
         cpu_note = f"; by CPU time {model[1] / medians[other][1]:.2f}x" if on_cpu else ""
         memory_ratio = peaks[name] / peaks[other] if peaks[other] > 0 else float("nan")
-        if goal is None:
+        if other.endswith("-loop"):
+            verdict = "the batched dispatch against the per-layer one"
+        elif goal is None:
             verdict = "no goal: same layer parameters, twice the layer compute"
         else:
             ratio = model[1] / medians[other][1] if on_cpu else wall_ratio
@@ -442,7 +455,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model before timing")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--profile", action="store_true", help="then split a routed step into its pieces")
-    parser.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)  # child process
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS + LOOPED,
+        default=list(MODELS),
+        help="models to time (default: all but the -loop ones, the per-layer dispatch for before/after)",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    parser.add_argument("--memory-of", choices=MODELS + LOOPED, help=argparse.SUPPRESS)  # child process
     return parser
 
 
@@ -461,7 +482,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(peak_memory_mib(args.memory_of, args))
         return 0
     child_argv = [arg for arg in argv if arg != "--profile"]
-    peaks = {name: peak_memory_in_child(name, child_argv) for name in MODELS}
+    if args.no_memory:
+        peaks = {name: float("nan") for name in args.models}
+    else:
+        peaks = {name: peak_memory_in_child(name, child_argv) for name in args.models}
     report(time_models(args), peaks, args)
     if args.profile:
         profile_routed(args)

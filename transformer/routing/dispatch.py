@@ -31,6 +31,11 @@ With a `TokenStepCache` (generation) the new positions' keys, values, validity a
 appended to the step's cache and the new queries attend over all of them.
 
 There is one host sync per step: the group sizes, which `split` needs on the host.
+
+With `ModelConfig.kernels == "fast"`, steps 1 and 3 of a step with several groups run as one
+padded batch over the layers instead of a call per layer (transformer/routing/stacked.py: at
+small batches the calls, not the arithmetic, cost most); the code above stays what the readable
+kernels run, and the twin tests hold the two equal.
 """
 
 from typing import cast
@@ -43,6 +48,8 @@ from torch import Tensor, nn
 from transformer.model.attention import Attention
 from transformer.model.config import ModelConfig
 from transformer.model.layer import TransformerLayer
+from transformer.routing import stacked
+from transformer.routing.stacked import Batched, StackedWeights
 from transformer.routing.token_cache import TokenStepCache
 
 
@@ -51,6 +58,7 @@ class TokenPool(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(pool_size))
         self.co_routed = co_routed
+        self.batched = cfg.kernels == "fast"  # several groups: one batched pass (`Batched`)
 
     def forward(
         self,
@@ -60,23 +68,33 @@ class TokenPool(nn.Module):
         offset: int = 0,
         cache: TokenStepCache | None = None,
         key_padding_mask: Bool[Tensor, "batch pos"] | None = None,
+        weights: StackedWeights | None = None,
     ) -> tuple[Float[Tensor, "batch pos d_model"], list[int]]:
-        """The residual after the step, and how many tokens each layer processed."""
+        """The residual after the step, and how many tokens each layer processed. `weights`:
+        the batched dispatch's stacked weights, shared by the steps of one forward
+        (`new_weights`), so that they are stacked once, not per step."""
         if cache is not None and key_padding_mask is not None:
             raise ValueError("a KV cache serves generation, which has no padding: pass one or the other")
         batch, pos, d_model = resid.shape
         layers = [cast(TransformerLayer, layer) for layer in self.layers]
         order, sizes = sorted_dispatch(choice, admitted, len(layers))
         flat = resid.reshape(batch * pos, d_model)
-        groups = flat[order].split(sizes)
-        busy = [(layer, group) for layer, group, size in zip(layers, groups, sizes, strict=True) if size]
         first = layers[0].attn
         n_heads, _, d_head = first.W_Q.shape
+        used = [index for index, size in enumerate(sizes) if size]
+        batched = None
+        if self.batched and len(used) > 1 and len(layers) * max(sizes) <= stacked.PADDING_LIMIT * len(order):
+            batched = Batched(weights or self.new_weights(), sizes, order, flat)
 
         # 1. queries, keys and values, each token by its own layer (a layer with no token does not run)
-        rows = [project_qkv(layer.attn, layer.ln1(group[None])) for layer, group in busy]
-        projected = torch.cat(rows) if rows else flat.new_zeros(0, 3, n_heads, d_head)
-        qkv = flat.new_zeros(batch * pos, 3, n_heads, d_head).index_copy(0, order, projected)
+        if batched is not None:
+            qkv = batched.project_qkv().view(batch * pos, 3, n_heads, d_head)
+        else:
+            groups = flat[order].split(sizes)
+            busy = [(layer, group) for layer, group, size in zip(layers, groups, sizes, strict=True) if size]
+            rows = [project_qkv(layer.attn, layer.ln1(group[None])) for layer, group in busy]
+            projected = torch.cat(rows) if rows else flat.new_zeros(0, 3, n_heads, d_head)
+            qkv = flat.new_zeros(batch * pos, 3, n_heads, d_head).index_copy(0, order, projected)
         q, k, v = qkv.view(batch, pos, 3, n_heads, d_head).permute(2, 0, 3, 1, 4)
 
         # 2. one attention over the step, the mask saying who sees whom
@@ -91,7 +109,10 @@ class TokenPool(nn.Module):
         plain_causal = everyone and cache is None and key_padding_mask is None
         allowed = step_mask(choice, keys, key_choice, offset, self.co_routed, plain_causal)
         bias = first.alibi(pos, k.shape[2], offset) if first.alibi is not None else None
-        z = mix(first, q, k, v, allowed, bias, plain_causal)
+        z = mix(first, q, k, v, allowed, bias, plain_causal, padded=key_padding_mask is not None)
+        if batched is not None:  # 3., every group at once
+            finished = batched.finish(z.transpose(1, 2).reshape(batch * pos, n_heads * d_head))
+            return torch.where(admitted.view(batch * pos, 1), finished, flat).view(batch, pos, d_model), sizes
         heads = z.transpose(1, 2).reshape(batch * pos, n_heads * d_head)[order].split(sizes)
 
         # 3. each group through its own layer's W_O, then its MLP block
@@ -102,6 +123,10 @@ class TokenPool(nn.Module):
         ]
         finished = torch.cat(outputs) if outputs else flat.new_zeros(0, d_model)
         return flat.index_copy(0, order, finished).view(batch, pos, d_model), sizes
+
+    def new_weights(self) -> StackedWeights:
+        """The pool's weights for one forward, stacked by the first step that needs them."""
+        return StackedWeights([cast(TransformerLayer, layer) for layer in self.layers])
 
 
 def sorted_dispatch(
@@ -158,9 +183,13 @@ def mix(
     allowed: Bool[Tensor, "#batch 1 q k"],
     bias: Float[Tensor, "n_heads q k"] | None,
     plain_causal: bool,
+    padded: bool = True,
 ) -> Float[Tensor, "batch n_heads q d_head"]:
     """Attention's pattern-weighted values, by the same readable or fused path as `Attention`;
-    a query with no key (it was not processed, and nobody before it was) gets zeros."""
+    a query with no key (it was not processed, and nobody before it was) gets zeros. Fast path
+    without padding (`padded` False): such a query's row is left as SDPA gives it (finite), for
+    it is never read: a token processed at this step is a key to itself (the causal diagonal,
+    processed, its own layer), so only padding leaves a processed query without a key."""
     if not attn.fast:
         return attn.pattern(q, k, allowed, bias).to(v.dtype) @ v
     if plain_causal and bias is None:
@@ -170,7 +199,7 @@ def mix(
     if bias is not None:
         mask = mask + bias.to(q.dtype)
     z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
-    return z * allowed.any(dim=-1, keepdim=True).to(z.dtype)
+    return z * allowed.any(dim=-1, keepdim=True).to(z.dtype) if padded else z
 
 
 def finish(

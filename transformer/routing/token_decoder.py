@@ -201,13 +201,14 @@ class TokenRoutedDecoder(RoutedBase):
         choices, processed, all_logits, all_probabilities, used = [], [], [], [], set()
         updates: list[Tensor] = []
         scores: list[Tensor] = []
+        weights = self.pool.new_weights()  # stacked once per forward, if a step batches its groups
         for step in range(self.n_steps):
             step_cache = steps[step] if steps is not None else None
             logits = self.router(resid, step)
             choice = route[..., step] if route is not None else self._choose(logits, step)
             probabilities = self.router.probabilities(logits)
             admitted = self.admit(choice, probabilities, offset, step_cache, step)
-            layer_out, sizes = self.pool(resid, choice, admitted, offset, step_cache, key_padding_mask)
+            layer_out, sizes = self.pool(resid, choice, admitted, offset, step_cache, key_padding_mask, weights)
             used |= {index for index, size in enumerate(sizes) if size}
             score = (
                 choice_score(probabilities.flatten(0, 1), choice.flatten(), self.routing.gradient) if learned else None
