@@ -57,6 +57,8 @@ from transformer.training.run_log import flops_per_token, read_log
 from transformer.training.trainer import train
 
 POOL, STEPS, PREFIX = 6, 3, 16
+# every variant is overrides on this config (the default run before token routing paid)
+BASE = Path(__file__).parent.parent / "transformer" / "configs" / "tiny-sequence-routed.yaml"
 WARM_START = 60  # updates in the fixed order before the router decides (at most a fifth of the run)
 SEQ = ["routing.granularity=sequence", f"routing.route_prefix_len={PREFIX}"]
 TOKEN = ["routing.granularity=token", "routing.capacity_factor=null"]
@@ -117,7 +119,7 @@ def is_sequence_routed(variant: str) -> bool:
 def model_flops(overrides: list[str], vocab: int) -> float:
     """Training FLOPs per token before training: a token-routed model without capacity limit
     counts all K layers (what it does unless it learns to skip; the run's own count is reported)."""
-    model = build_model(load_run_config(None, overrides).with_vocab(vocab))
+    model = build_model(load_run_config(BASE, overrides).with_vocab(vocab))
     return flops_per_token(model.active_parameters(), model.cfg.n_layers, model.cfg.d_model, model.cfg.n_ctx)
 
 
@@ -142,13 +144,13 @@ def plan_runs(args: argparse.Namespace, corpus: str, vocab: int) -> list[Plan]:
                 ]
             )
             per_token = model_flops(overrides, vocab)
-            tokens_per_step = 16 * 64  # tiny-routed's batch and context
+            tokens_per_step = 16 * 64  # the base config's batch and context
             steps = max(10, round(args.budget_tokens * reference / per_token / tokens_per_step))
             warmup = min(100, steps // 10)
             if any(o.startswith("routing.warm_start_steps=") for o in overrides):  # a fifth of a short run at most
                 overrides.append(f"routing.warm_start_steps={min(WARM_START, steps // 5)}")
             config = load_run_config(
-                None,
+                BASE,
                 overrides
                 + [
                     f"train.max_steps={steps}",

@@ -18,7 +18,7 @@ CONFIGS = Path(__file__).parent.parent.parent / "configs"
 
 def test_the_shipped_token_config_builds_a_token_routed_decoder_like_tiny_routed() -> None:
     token = load_run_config(CONFIGS / "tiny-token-routed.yaml").with_vocab(50)
-    sequence = load_run_config(CONFIGS / "tiny-routed.yaml").with_vocab(50)
+    sequence = load_run_config(CONFIGS / "tiny-sequence-routed.yaml").with_vocab(50)
     assert token.routing is not None and sequence.routing is not None
     assert (token.routing.granularity, token.routing.token_attention, token.routing.capacity_factor) == (
         "token",

@@ -238,7 +238,7 @@ def _settings_from_dict(values: dict[str, Any]) -> TrainSettings:
 
 
 def load_run_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """A YAML file (or the default tiny routed model when None), then the overrides.
+    """A YAML file (or the default run, configs/tiny-routed.yaml, when None), then the overrides.
 
     An empty file (or one holding only comments or `{}`) is an error, not a run of every
     class's defaults: leaving `--config` out is how to ask for the default run."""
