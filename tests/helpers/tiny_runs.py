@@ -27,6 +27,11 @@ def two_topic_sources(folder: Path) -> dict[str, Path]:
     return sources
 
 
+# The tiny runs are sequence-routed unless an override says `routing.granularity=token`: the
+# config that was the default run when these helpers were written (the default is token-routed now).
+SEQUENCE_ROUTED = Path(__file__).parent.parent.parent / "transformer" / "configs" / "tiny-sequence-routed.yaml"
+
+
 def tiny_run_config(tmp_path: Path, routed: bool = True, *overrides: str) -> RunConfig:
     corpus = write_corpus(tmp_path / "corpus")
     settings = [
@@ -50,7 +55,7 @@ def tiny_run_config(tmp_path: Path, routed: bool = True, *overrides: str) -> Run
         settings += ["routing.pool_size=3", "routing.route_prefix_len=4"]
     else:
         settings += ["routing=null"]
-    return load_run_config(None, settings + list(overrides))
+    return load_run_config(SEQUENCE_ROUTED, settings + list(overrides))
 
 
 # With a primed router and a tiny learning rate, six steps leave the routes where the primed

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from transformer.data.tokenizer import TextTokenizer
 from transformer.errors import UserError
@@ -92,22 +93,39 @@ def load_history(run_dir: Path, label: str) -> RunHistory:
     if not history.train and not history.eval:
         raise PlotError(f"{path} has no train or eval records yet: nothing to plot")
     try:
-        state = ckpt.read_state(ckpt.resolve(run_dir, "latest"))
+        checkpoint = ckpt.resolve(run_dir, "latest")
+        state = ckpt.read_state(checkpoint)
         tokenizer = TextTokenizer.from_json(state["tokenizer"])
         history.config = RunConfig.from_dict(state["config"]).with_vocab(tokenizer.vocab_size)
-        history.size = model_size(history.config)
+        history.size = model_size(history.config, recorded_work(checkpoint))
     except (ckpt.CheckpointError, KeyError, ValueError) as error:
         history.notes.append(f"no model size, so no FLOPs axis: {error}")
-    except NotImplementedError as error:  # a token-routed model counts its active weights from data (meta has none)
-        history.notes.append(f"no model size on the meta device, so no FLOPs axis: {error}")
     return history
 
 
-def model_size(config: RunConfig) -> ModelSize:
+def recorded_work(checkpoint: Path) -> torch.Tensor | None:
+    """The layer applications and tokens a token-routed run counted (its `work` buffer), read
+    alone from the checkpoint's weights (safetensors: only its header and these 16 bytes, no
+    checksum pass over the whole file for a plot); None for a model that keeps no such count."""
+    path = checkpoint / ckpt.WEIGHTS
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            return weights.get_tensor("work") if "work" in weights.keys() else None
+    except (OSError, SafetensorError) as error:
+        raise ckpt.CheckpointError(f"{path} cannot be read: {error}") from None
+
+
+def model_size(config: RunConfig, work: torch.Tensor | None = None) -> ModelSize:
     """Counts the parameters of the model the config (d_vocab filled in) builds, on the meta
-    device: shapes without storage, so a billion-parameter config costs no memory to count."""
+    device: shapes without storage, so a billion-parameter config costs no memory to count.
+    `work`: a token-routed run's recorded work, from which it counts the weights a token used
+    (without it such a model assumes the most its capacity allows)."""
     with torch.device("meta"):
         model = build_model(config)
+    if hasattr(model, "work"):  # a buffer with no data on the meta device: the run's, or none yet
+        model.work = work if work is not None else torch.zeros(2, dtype=torch.long)
     cfg = model.cfg
     active = model.active_parameters()
     return ModelSize(
