@@ -12,7 +12,7 @@ import torch
 
 from tests.helpers.tiny_runs import STILL_ROUTES, prime_routers, tiny_run_config
 from transformer.analysis.plotting import figures
-from transformer.analysis.plotting.runs import folder_names, last_per_step, load_history, route_counts
+from transformer.analysis.plotting.runs import folder_names, last_per_step, load_history, model_size, route_counts
 from transformer.commands.main import main
 from transformer.inference.loading import load_trained
 from transformer.training.run_log import flops_per_token, read_log
@@ -119,6 +119,20 @@ def test_compute_axis_counts_the_flops_the_trainer_counts(runs: dict[str, Path])
         tokens = [record["tokens"] for record in history.eval]
         assert list(line.get_xdata()) == [t * history.size.flops_per_token for t in tokens]  # type: ignore[arg-type]
         assert list(line.get_ydata()) == [record["val_loss"] for record in history.eval]  # type: ignore[arg-type]
+
+
+def test_a_token_routed_run_counts_the_flops_its_tokens_did(token_run: Path) -> None:
+    """A token-routed model's active weights depend on the layers its tokens took: the plot
+    reads the work the checkpoint recorded and counts what the trainer counts, where without
+    it a capacity that dropped tokens would be counted as all K layers."""
+    history = load_history(token_run, "token")
+    model = load_trained(token_run).model
+    cfg = model.cfg
+    assert history.size is not None and history.config is not None, history.notes
+    assert history.size.flops_per_token == flops_per_token(
+        model.active_parameters(), cfg.n_layers, cfg.d_model, cfg.n_ctx
+    )
+    assert history.size.active < model_size(history.config).active, "the capacity dropped some layer applications"
 
 
 def test_usage_heatmap_shows_the_logged_usage(runs: dict[str, Path]) -> None:

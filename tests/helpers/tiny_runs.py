@@ -71,7 +71,7 @@ def prime_routers(patch: pytest.MonkeyPatch, scale: float = 5.0) -> None:
 
     def primed(config: RunConfig) -> DecoderEnds:
         model = build_model(config)
-        if model.kind == "routed":
+        if model.route_granularity == "sequence":
             with torch.no_grad():
                 as_routed(model).router.W_R.normal_(0.0, scale, generator=torch.Generator().manual_seed(0))
         return model

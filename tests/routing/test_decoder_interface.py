@@ -181,7 +181,12 @@ def test_as_routed_types_a_routed_decoder_and_refuses_a_plain_one_in_one_line() 
         as_routed(plain(), "a route table")
     assert isinstance(refused.value, UserError)
     message = str(refused.value)
-    assert message.startswith("a route table needs a routed decoder") and "\n" not in message
+    assert message.startswith("a route table needs a sequence-routed decoder") and "\n" not in message
+    assert message.endswith("(config routing: null)")
+    from tests.helpers.token_models import token_model
+
+    with pytest.raises(NotRoutedError, match=r"not a TokenRoutedDecoder$"):  # no claim that routing is null
+        as_routed(token_model(), "a route table")
 
 
 def test_what_a_route_decision_covers_its_temperature_and_choices_per_step() -> None:

@@ -203,5 +203,6 @@ def as_routed(model: nn.Module, needed_by: str = "this") -> RoutedDecoder:
     """`model` typed as the routed decoder it is; for callers that need routes themselves
     (route tables, route temperatures), after checking `model.kind`."""
     if not isinstance(model, RoutedDecoder):
-        raise NotRoutedError(f"{needed_by} needs a routed decoder, not a {type(model).__name__} (config routing: null)")
+        why = " (config routing: null)" if getattr(model, "kind", None) == "plain" else ""
+        raise NotRoutedError(f"{needed_by} needs a sequence-routed decoder, not a {type(model).__name__}{why}")
     return model
