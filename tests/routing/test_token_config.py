@@ -83,7 +83,7 @@ def test_token_fields_set_from_the_command_line_round_trip() -> None:
 )
 def test_bad_token_routing_values_are_one_line_errors_that_say_what_to_do(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message) as raised:
-        load_run_config(None, overrides)
+        load_run_config(CONFIGS / "tiny-sequence-routed.yaml", overrides)
     assert isinstance(raised.value, UserError) and "\n" not in str(raised.value)
 
 
@@ -95,7 +95,7 @@ def test_per_step_token_pools_need_a_pool_that_divides_among_the_steps() -> None
 
 
 def test_the_token_decoder_refuses_a_sequence_config() -> None:
-    config = load_run_config(None).with_vocab(50)
+    config = load_run_config(CONFIGS / "tiny-sequence-routed.yaml").with_vocab(50)
     assert config.routing is not None
     with pytest.raises(ConfigError, match="needs routing.granularity='token'"):
         TokenRoutedDecoder(config.model, config.routing)
