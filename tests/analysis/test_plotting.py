@@ -55,6 +55,17 @@ def test_one_routed_run_writes_every_figure_into_its_plots_folder(
     assert sorted(Path(line).name for line in printed) == sorted(ROUTED_FIGURES)
 
 
+def test_a_token_routed_run_gets_every_figure_but_the_per_window_paths(
+    token_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A token has its own route, a window none: paths.png is the sequence-routed figure, and
+    asking a token-routed run for it used to stop the command (the default run is token-routed)."""
+    out = tmp_path / "token-plots"
+    assert main(["plot", str(token_run), "--out", str(out)]) == 0
+    assert_pngs(out, ROUTED_FIGURES - {"paths.png"})
+    assert "error" not in capsys.readouterr().err
+
+
 def test_two_runs_get_a_comparison_and_only_routed_runs_get_routing_figures(
     runs: dict[str, Path], tmp_path: Path
 ) -> None:

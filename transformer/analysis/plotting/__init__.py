@@ -65,6 +65,8 @@ def _plot_one(history: RunHistory, folder: Path, colour: str) -> list[Path]:
     if history.routed:
         written.append(figures.save(figures.usage_heatmap_figure(history), folder / "usage_heatmap.png"))
         written.append(figures.save(figures.entropy_figure(history), folder / "entropy.png"))
+        if history.token_routed:  # a route per token, not per window: `transformer routes --figure` draws them
+            return written
         try:
             counts = route_counts(history.run_dir)
         except (CheckpointError, DataError) as error:

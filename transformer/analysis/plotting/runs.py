@@ -63,6 +63,12 @@ class RunHistory:
         return any("usage" in record for record in self.train)
 
     @property
+    def token_routed(self) -> bool:
+        """Routes chosen per token (from the checkpoint's config; False when it could not be read)."""
+        routing = self.config.routing if self.config is not None else None
+        return routing is not None and routing.granularity == "token"
+
+    @property
     def pool_size(self) -> int:
         usage = next(record["usage"] for record in self.train if "usage" in record)
         return len(usage[0])
