@@ -184,6 +184,11 @@ class DecoderEnds(nn.Module):
         """What a training log record adds from an optimizer step's last forward `output`."""
         return {}
 
+    def reward_term(self, output: DecoderOutput, targets: Tensor) -> Tensor | None:
+        """A term the objective adds to the loss, zero in value, whose gradient carries a reward
+        the forward could not (a token-routed decoder's readout reward); None for the others."""
+        return None
+
     def sampled_routes(self, seed: int) -> contextlib.AbstractContextManager[None]:
         """Inside the block, forwards draw routes as training does, from a stream seeded with
         `seed`, so evaluation sees what training saw without shifting training's own stream."""

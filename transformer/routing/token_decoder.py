@@ -25,7 +25,7 @@ What makes it honest and cheap:
   reward, the effect of *scaling* an update, is near zero for a layer whose update dominates it,
   however much removing the layer would cost. `reward: readout` swaps the direct part of each
   step's reward for the exact loss change at the readout when the step's update is removed
-  (`readout_reward`, which `compute_objective` adds), and `warm_start_steps` lets the layers
+  (`readout_reward`, which `compute_objective` adds through `reward_term`), and `warm_start_steps` lets the layers
   learn before the router judges them (docs/routing.md, section 12).
 - Per-step pools (`RoutingConfig.pools`): step k chooses among its own layers and skip, with the
   capacity counted among those entries. With N = K and skip each step is its own layer or skip:
@@ -180,6 +180,11 @@ class TokenRoutedDecoder(RoutedBase):
         if self.routing.skip:
             metrics["skip_fraction"] = float(info.counts[:, -1].sum() / info.counts.sum())
         return metrics
+
+    def reward_term(self, output: DecoderOutput, targets: Tensor) -> Tensor | None:
+        """With `reward: readout`, in training: `readout_reward` for this forward."""
+        info: TokenRoutingInfo = output.routing
+        return readout_reward(self, info.readout, targets) if info.readout is not None else None
 
     # --- the forward pass ---------------------------------------------------------------------
 

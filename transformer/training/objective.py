@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from transformer.model.decoder import DecoderEnds, DecoderOutput
 from transformer.routing.decoder import RoutingInfo
-from transformer.routing.token_decoder import TokenRoutedDecoder, TokenRoutingInfo, readout_reward
 from transformer.training.lm_loss import lm_loss
 
 
@@ -65,7 +64,7 @@ def compute_objective(
         raise ValueError("a route can only be given to a routed decoder")
     language = lm_loss(output.logits, targets, decoder.first_scored_target)
     loss = language if output.aux_loss is None else language + output.aux_loss
-    if isinstance(output.routing, TokenRoutingInfo) and output.routing.readout is not None:
-        assert isinstance(decoder, TokenRoutedDecoder)
-        loss = loss + readout_reward(decoder, output.routing.readout, targets)
+    reward = decoder.reward_term(output, targets)
+    if reward is not None:
+        loss = loss + reward
     return Objective(loss=loss, lm_loss=language, output=output)
