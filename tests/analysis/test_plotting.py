@@ -3,6 +3,7 @@ entry point, and the numbers behind them: the FLOPs axis counts what the trainer
 usage heatmap is the logged usage, and the path histogram's routes are the ones evaluation took."""
 
 import json
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from transformer.analysis.plotting import figures
 from transformer.analysis.plotting.runs import folder_names, last_per_step, load_history, model_size, route_counts
 from transformer.commands.main import main
 from transformer.inference.loading import load_trained
+from transformer.training import checkpoint as ckpt
 from transformer.training.run_log import flops_per_token, read_log
 from transformer.training.trainer import train
 
@@ -53,6 +55,15 @@ def test_one_routed_run_writes_every_figure_into_its_plots_folder(
     assert_pngs(runs["routed"] / "plots", ROUTED_FIGURES)
     printed = capsys.readouterr().out.split()
     assert sorted(Path(line).name for line in printed) == sorted(ROUTED_FIGURES)
+
+
+def test_a_token_routed_run_without_weights_says_its_flops_assume_every_layer(token_run: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(token_run, tmp_path / "copy"))
+    (ckpt.resolve(copy, "latest") / ckpt.WEIGHTS).unlink()
+    history = load_history(copy, "token")
+    assert history.size is not None and history.config is not None
+    assert history.size == model_size(history.config)  # the most the capacity allows, not the run's work
+    assert any("no weights file" in note for note in history.notes), history.notes
 
 
 def test_a_token_routed_run_gets_every_figure_but_the_per_window_paths(

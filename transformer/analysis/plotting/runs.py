@@ -103,7 +103,12 @@ def load_history(run_dir: Path, label: str) -> RunHistory:
         state = ckpt.read_state(checkpoint)
         tokenizer = TextTokenizer.from_json(state["tokenizer"])
         history.config = RunConfig.from_dict(state["config"]).with_vocab(tokenizer.vocab_size)
-        history.size = model_size(history.config, recorded_work(checkpoint))
+        work = recorded_work(checkpoint)
+        history.size = model_size(history.config, work)
+        if work is None and history.token_routed:
+            history.notes.append(
+                f"{checkpoint} has no weights file to read the work done from: FLOPs count every layer a token may take"
+            )
     except (ckpt.CheckpointError, KeyError, ValueError) as error:
         history.notes.append(f"no model size, so no FLOPs axis: {error}")
     return history
