@@ -1,4 +1,5 @@
-"""Training speed on one GPU at GPT-2-small size: tokens/s, step time and MFU, plain or routed.
+"""Training speed on one GPU at GPT-2-small size: tokens/s, step time and MFU, plain or routed
+(token- or sequence-routed).
 
 One training step = `compute_objective` (LM loss, plus a routed decoder's balance and z-losses)
 under bf16 autocast, backward, gradient clipping, the fused AdamW update, zero_grad: what
@@ -6,7 +7,10 @@ under bf16 autocast, backward, gradient clipping, the fused AdamW update, zero_g
 machine has no network, and speed does not depend on the text), drawn once.
 
 - model: 12 layers x 768, 12 heads, context 1024, vocabulary 50,304, tied embeddings, no
-  dropout (GPT-2 small); routed: K = 12 steps over a pool of N = 24 layers, routing prefix 64;
+  dropout (GPT-2 small). Routed, K = 12 steps over a pool of N = 24 layers: `token`, the
+  routing `transformer train` runs by default (configs/tiny-routed.yaml: each token chooses
+  its layer at every step, attention over all tokens, no capacity, the batched dispatch), or
+  `sequence` (one route per sequence from a prefix of 64 tokens);
 - batch: `--batch`, or the largest of BATCHES whose step runs (an out-of-memory tries the next),
   to fill the GPU;
 - MFU: model FLOPs per token (`transformer.training.run_log.flops_per_token`: 6 per active
@@ -35,10 +39,12 @@ from transformer.model.config import ModelConfig
 from transformer.model.decoder import Decoder, DecoderEnds
 from transformer.routing.config import RoutingConfig
 from transformer.routing.decoder import RoutedDecoder
+from transformer.routing.token_decoder import TokenRoutedDecoder
 from transformer.training.objective import compute_objective
 from transformer.training.optim import fused_available
 from transformer.training.run_log import PEAK_FLOPS, flops_per_token
 
+MODELS = ("plain", "token", "sequence")
 BATCHES = (64, 48, 32, 24, 16, 12, 8, 4, 2, 1)
 
 
@@ -69,6 +75,11 @@ def build(kind: str, size: Size, device: torch.device) -> DecoderEnds:
     )
     if kind == "plain":
         return Decoder(cfg).to(device)
+    if kind == "token":
+        routing = RoutingConfig(
+            granularity="token", pool_size=2 * size.n_layers, token_attention="all", capacity_factor=None
+        )
+        return TokenRoutedDecoder(cfg, routing).to(device)
     routing = RoutingConfig(pool_size=2 * size.n_layers, route_prefix_len=min(64, size.n_ctx // 4))
     return RoutedDecoder(cfg, routing).to(device)
 
@@ -129,7 +140,7 @@ def fits(step: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor, dev
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("plain", "routed"), default="plain")
+    parser.add_argument("--model", choices=MODELS, default="plain")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile=true)")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     parser.add_argument("--batch", type=int, default=None, help="sequences per step (default: the largest that fits)")
@@ -201,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     mfu_text = f"{mfu:.1%}" if mfu is not None else "-"
     print(
-        f"{args.model:<6} compile={str(args.compile):<5} {args.dtype} batch {batch}: {result['tokens_per_s']:,.0f} "
+        f"{args.model:<8} compile={str(args.compile):<5} {args.dtype} batch {batch}: {result['tokens_per_s']:,.0f} "
         f"tokens/s, {result['step_ms']:.1f} ms/step, MFU {mfu_text} (peak: {peak_source}); "
         f"warm-up {warmup_s:.0f} s, loss {result['last_loss']:.3f}"
     )

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One GPU check, <= 8 minutes on one GPU (H200): the CUDA tests, then training speed at
-# GPT-2-small size (bench/gpu_bench.py: tokens/s, step time, MFU), plain and routed, bf16,
-# without and with torch.compile. Every part has its own time limit; a part that fails or
-# runs out of time is reported and the next one runs. No network needed (synthetic tokens).
+# One GPU check, <= 8 minutes on one GPU (H100 or H200): the CUDA tests, then training speed at
+# GPT-2-small size (bench/gpu_bench.py: tokens/s, step time, MFU), bf16: plain, token-routed
+# (the default routing) and sequence-routed, then plain and token-routed under torch.compile.
+# Every part has its own time limit (480 s in all); a part that fails or runs out of time is
+# reported and the next one runs. No network needed (synthetic tokens).
 #
 #   bench/gpu_check.sh               # on the GPU machine, from anywhere in the repository
 #   bench/gpu_check.sh --cpu-smoke   # on a CPU: tiny model, CUDA tests skipped: checks the script
@@ -31,19 +32,20 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit, keep its output
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then outcome="TIMED OUT"; elif [ "$rc" -ne 0 ]; then outcome="FAILED (exit $rc)"; fi
     SUMMARY+=("$(printf '%-28s %-18s %4d s' "$name" "$outcome" "$took")")
     local line
-    line=$(grep -E '^(plain|routed) +compile=' "$log" | tail -1)
+    line=$(grep -E '^(plain|token|sequence) +compile=' "$log" | tail -1)
     if [ -n "$line" ]; then RESULTS+=("$line"); fi
 }
 
 echo "gpu_check: $("$PYTHON" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA")' 2>&1)"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
-part "cuda tests" 200 "$PYTHON" -m pytest -m cuda -q -p no:randomly -p no:cacheprovider -o addopts="" \
+part "cuda tests" 140 "$PYTHON" -m pytest -m cuda -q -p no:randomly -p no:cacheprovider -o addopts="" \
     tests/model/test_cuda.py tests/routing/test_cuda.py tests/training/test_cuda.py
-part "plain bf16" 60 "$PYTHON" bench/gpu_bench.py --model plain $SMOKE
-part "routed bf16" 60 "$PYTHON" bench/gpu_bench.py --model routed $SMOKE
-part "plain bf16 compile" 110 "$PYTHON" bench/gpu_bench.py --model plain --compile $SMOKE
-part "routed bf16 compile" 90 "$PYTHON" bench/gpu_bench.py --model routed --compile $SMOKE
+part "plain bf16" 45 "$PYTHON" bench/gpu_bench.py --model plain $SMOKE
+part "token bf16" 55 "$PYTHON" bench/gpu_bench.py --model token $SMOKE
+part "sequence bf16" 45 "$PYTHON" bench/gpu_bench.py --model sequence $SMOKE
+part "plain bf16 compile" 95 "$PYTHON" bench/gpu_bench.py --model plain --compile $SMOKE
+part "token bf16 compile" 100 "$PYTHON" bench/gpu_bench.py --model token --compile $SMOKE
 
 echo
 echo "=== summary ($(( $(date +%s) - START )) s in all; logs in $LOG)"
@@ -58,10 +60,12 @@ for log in pathlib.Path(sys.argv[1]).glob("*.log"):
             r = json.loads(line[len("RESULT "):])
             results[(r["model"], r["compile"])] = r
 for compiled in (False, True):
-    plain, routed = results.get(("plain", compiled)), results.get(("routed", compiled))
-    if plain and routed:
-        ratio = routed["step_ms"] / plain["step_ms"] * plain["batch"] / routed["batch"]
-        print(f"compile={compiled}: routed / plain time per sequence {ratio:.2f}x (goal <= 1.1x)")
+    plain = results.get(("plain", compiled))
+    for kind in ("token", "sequence"):
+        routed = results.get((kind, compiled))
+        if plain and routed:
+            ratio = routed["step_ms"] / plain["step_ms"] * plain["batch"] / routed["batch"]
+            print(f"compile={compiled}: {kind}-routed / plain time per sequence {ratio:.2f}x (goal <= 1.1x)")
     if plain and plain["mfu"] is not None:
         print(f"compile={compiled}: plain MFU {plain['mfu']:.1%} (goal >= 50%)")
 PY

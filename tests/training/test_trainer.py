@@ -94,6 +94,32 @@ def test_loss_falls_and_the_run_leaves_checkpoints_and_a_parseable_log(tmp_path:
     assert (ckpt.checkpoints_dir(run_dir) / "best").is_dir()
 
 
+@pytest.mark.parametrize("granularity", ["sequence", "token"])
+def test_routing_metrics_are_read_only_on_the_steps_that_log_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, granularity: str
+) -> None:
+    """Reading a routed decoder's usage back makes the host wait for the device, so the steps
+    between two log records skip it; the records still carry it, last step included."""
+    from transformer.routing.routed_base import RoutedBase
+
+    read_at: list[int] = []
+    original = RoutedBase._usage_metrics
+
+    def counted(self: RoutedBase, info: Any) -> dict[str, Any]:
+        read_at.append(len(read_at))
+        return original(self, info)
+
+    monkeypatch.setattr(RoutedBase, "_usage_metrics", counted)
+    config = tiny_run_config(
+        tmp_path, True, "train.max_steps=7", "train.log_interval=3", f"routing.granularity={granularity}"
+    )
+    train(config)
+    records = [r for r in read_log(Path(config.train.out_dir) / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in records] == [3, 6, 7]
+    assert all({"usage", "usage_entropy", "decision_entropy"} <= r.keys() for r in records)
+    assert len(read_at) == 3
+
+
 def test_non_finite_losses_are_skipped_and_too_many_in_a_row_stop_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -293,7 +293,8 @@ class _Run:
         try:
             while self.step < last:
                 started = time.perf_counter()
-                record = self._optimizer_step()
+                logs = (self.step + 1) % settings.log_interval == 0 or self.step + 1 == last
+                record = self._optimizer_step(with_metrics=logs)
                 if record is None:
                     bad_in_a_row += 1
                     self.skipped += 1
@@ -333,8 +334,10 @@ class _Run:
         self.log.close()
         return TrainResult(self.step, final, self.skipped, interrupted, self.run_dir)
 
-    def _optimizer_step(self) -> dict[str, Any] | None:
-        """One update from `grad_accum` micro-batches; None when it was skipped."""
+    def _optimizer_step(self, with_metrics: bool) -> dict[str, Any] | None:
+        """One update from `grad_accum` micro-batches; None when it was skipped. The decoder's
+        training metrics (a routed decoder's usage, entropies, work) only `with_metrics`, on the
+        steps that log them: reading them back would make the host wait for the device again."""
         settings = self.settings
         lr = learning_rate(self.step, settings)
         for group in self.optimizer.param_groups:
@@ -360,7 +363,7 @@ class _Run:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         record: dict[str, Any] = {"loss": mean_loss, "lr": lr, "grad_norm": norm}
-        if last_output is not None:
+        if with_metrics and last_output is not None:
             record.update(self.model.training_metrics(last_output))
         return record
 
