@@ -135,6 +135,24 @@ def test_routes_come_from_the_routers_own_generator() -> None:
     assert not torch.equal(quiet_routes[0], quiet_routes[1])
 
 
+def test_noise_drawn_off_the_cpu_is_decided_by_the_routers_own_generator() -> None:
+    """What a GPU does (`reseeded_uniform`, run here on the CPU): the router's generator state
+    alone fixes the noise, so restoring it (an exact resume) repeats it; each draw advances the
+    state by one seed, and leaves the global RNG alone; the noise is uniform on [0, 1)."""
+    router = small_router(pool_size=4, seed=7).train()
+    shape, cpu = torch.Size([50_000, 4]), torch.device("cpu")
+    state, global_state = router.generator.get_state(), torch.get_rng_state()
+    first = router.reseeded_uniform(shape, cpu)
+    assert not torch.equal(router.generator.get_state(), state)
+    second = router.reseeded_uniform(shape, cpu)
+    assert not torch.equal(first, second)
+    router.generator.set_state(state)
+    assert torch.equal(router.reseeded_uniform(shape, cpu), first)
+    assert torch.equal(torch.get_rng_state(), global_state), "drawing consumed the global RNG"
+    assert float(first.min()) >= 0.0 and float(first.max()) < 1.0
+    assert abs(float(first.mean()) - 0.5) < 0.005 and abs(float(first.var()) - 1 / 12) < 0.002
+
+
 def test_same_seed_same_routes_other_seed_other_routes() -> None:
     logits = torch.zeros(256, 4)  # uniform: the noise alone decides
     first = small_router(pool_size=4, seed=11).train().choose(logits)

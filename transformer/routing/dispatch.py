@@ -77,14 +77,14 @@ class TokenPool(nn.Module):
             raise ValueError("a KV cache serves generation, which has no padding: pass one or the other")
         batch, pos, d_model = resid.shape
         layers = [cast(TransformerLayer, layer) for layer in self.layers]
-        order, sizes = sorted_dispatch(choice, admitted, len(layers))
+        order, sizes, counts = sorted_dispatch(choice, admitted, len(layers))
         flat = resid.reshape(batch * pos, d_model)
         first = layers[0].attn
         n_heads, _, d_head = first.W_Q.shape
         used = [index for index, size in enumerate(sizes) if size]
         batched = None
         if self.batched and len(used) > 1 and len(layers) * max(sizes) <= stacked.PADDING_LIMIT * len(order):
-            batched = Batched(weights or self.new_weights(), sizes, order, flat)
+            batched = Batched(weights or self.new_weights(), sizes, counts, order, flat)
 
         # 1. queries, keys and values, each token by its own layer (a layer with no token does not run)
         if batched is not None:
@@ -131,15 +131,17 @@ class TokenPool(nn.Module):
 
 def sorted_dispatch(
     choice: Int[Tensor, "batch pos"], admitted: Bool[Tensor, "batch pos"], n_layers: int
-) -> tuple[Int[Tensor, " admitted"], list[int]]:
+) -> tuple[Int[Tensor, " admitted"], list[int], Int[Tensor, " n_layers"]]:
     """The flat indices of the admitted tokens grouped by layer (in batch, then position, order
-    within a layer), and each layer's group size. Tokens not processed sort last, then drop."""
+    within a layer), and each layer's group size, on the host and on the tokens' device. Tokens
+    not processed sort last, then drop."""
     lane = torch.where(admitted, choice, n_layers).flatten()
     order = torch.argsort(lane, stable=True)
-    sizes = torch.bincount(lane, minlength=n_layers + 1).tolist()  # the step's one host sync
+    counts = torch.bincount(lane, minlength=n_layers + 1)
+    sizes = counts.tolist()  # the step's one host sync: the groups' sizes shape what runs next
     if len(sizes) > n_layers + 1:
         raise IndexError(f"a token was admitted to layer {len(sizes) - 1}; the pool has {n_layers}")
-    return order[: sum(sizes[:n_layers])], sizes[:n_layers]
+    return order[: sum(sizes[:n_layers])], sizes[:n_layers], counts[:n_layers]
 
 
 def project_qkv(attn: Attention, x: Float[Tensor, "1 rows d_model"]) -> Float[Tensor, "rows three n_heads d_head"]:

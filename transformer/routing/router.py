@@ -9,7 +9,13 @@ uniform. Logits are computed in float32 whatever the parameter dtype.
 
 Training samples a layer by Gumbel-argmax at temperature tau, with noise from the router's
 own `torch.Generator`, so dropout or any other use of the global RNG cannot shift routes and
-a checkpoint can restore them exactly. Evaluation takes the argmax and draws nothing.
+a checkpoint can restore them exactly. Evaluation takes the argmax and draws nothing. On a GPU
+the noise is drawn there, by a generator on the device reseeded from the router's own (CPU)
+one at every draw. Drawn on the CPU and copied over, the noise of a token-routed forward at
+GPT-2-small size (batch 64 x 1024 tokens, 24 layers, 12 steps) took ~110 ms of host time on a
+2-core CPU, and each copy made the host wait for the device; this way the state to checkpoint
+is still the one CPU generator. (So a GPU samples other routes than the CPU does
+from the same seed: each is exact on resume, not equal to the other.)
 
 With per-step pools (`RoutingConfig.pools`), step k reads out only its own layers' columns of
 W_R; the others' logits are -inf, so their probability is exactly 0 and no sample picks them.
@@ -43,6 +49,7 @@ class GumbelRouter(nn.Module):
         self.b_R = nn.Parameter(torch.zeros(n_choices))
         self.temperature = routing.temperature_start
         self.generator = torch.Generator().manual_seed(routing.seed)
+        self._device_generators: dict[torch.device, torch.Generator] = {}
 
     def seed_generator(self, seed: int) -> None:
         """Restart route sampling from `seed` (each distributed rank uses its own)."""
@@ -52,9 +59,27 @@ class GumbelRouter(nn.Module):
         """Training: a sample from softmax(logits / tau) per row. Evaluation: the argmax."""
         if not self.training:
             return logits.argmax(dim=-1)
-        uniform = torch.rand(logits.shape, generator=self.generator, dtype=torch.float32)
+        uniform = self.uniform(logits.shape, logits.device)
         gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
-        return (logits / self.temperature + gumbel.to(logits.device)).argmax(dim=-1)
+        return (logits / self.temperature + gumbel).argmax(dim=-1)
+
+    def uniform(self, shape: torch.Size, device: torch.device) -> Float[Tensor, "..."]:
+        """U(0, 1) noise on `device`, all of it decided by the router's own generator: on the
+        CPU drawn from it; elsewhere drawn on the device from a generator there, seeded by one
+        draw from it (host-side: no copy, no wait)."""
+        if device.type == "cpu":
+            return torch.rand(shape, generator=self.generator, dtype=torch.float32)
+        return self.reseeded_uniform(shape, device)
+
+    def reseeded_uniform(self, shape: torch.Size, device: torch.device) -> Float[Tensor, "..."]:
+        """U(0, 1) noise drawn on `device` by a generator there, reseeded from one draw of the
+        router's own: what `uniform` does off the CPU (tests run it on the CPU as well)."""
+        seed = int(torch.randint(2**62, (), generator=self.generator))
+        generator = self._device_generators.get(device)
+        if generator is None:
+            generator = self._device_generators[device] = torch.Generator(device=device)
+        generator.manual_seed(seed)
+        return torch.rand(shape, generator=generator, dtype=torch.float32, device=device)
 
     def probabilities(self, logits: Float[Tensor, "*rows n_choices"]) -> Float[Tensor, "*rows n_choices"]:
         """The distribution `choose` samples from (at tau = 1 in evaluation)."""

@@ -114,22 +114,21 @@ class Batched:
         self,
         weights: StackedWeights,
         sizes: list[int],
+        counts: Int[Tensor, " n_layers"],
         order: Int[Tensor, " admitted"],
         flat: Float[Tensor, "tokens d_model"],
     ) -> None:
         """`order`: the admitted tokens' flat indices, grouped by layer, `sizes` tokens for
-        each layer of the pool (`sorted_dispatch`)."""
+        each layer of the pool, and the same `counts` on the device (`sorted_dispatch`)."""
         self.layers, self.w = weights.layers, weights.get()
         n_layers, height, tokens = len(sizes), max(sizes), flat.shape[0]
         device = order.device
         # the buffer row of each token of `order`: its place in `order`, shifted to its layer's
-        # block (from the sizes on the host: no boolean indexing, which would sync a GPU)
-        starts = [sum(sizes[:index]) for index in range(n_layers)]
-        shift = torch.tensor([index * height - start for index, start in enumerate(starts)], device=device)
+        # block. Computed on the device from `counts`, with only the sizes of the result from the
+        # host: no boolean indexing, no copy of the sizes back over (either makes a GPU wait).
+        shift = torch.arange(n_layers, device=device) * height - (counts.cumsum(0) - counts)
         admitted = len(order)
-        rows = torch.arange(admitted, device=device) + shift.repeat_interleave(
-            torch.tensor(sizes, device=device), output_size=admitted
-        )
+        rows = torch.arange(admitted, device=device) + shift.repeat_interleave(counts, output_size=admitted)
         self.source = order.new_zeros(n_layers * height).index_copy(0, rows, order)  # buffer row -> token
         self.slot = order.new_zeros(tokens).index_copy(0, order, rows)  # token -> buffer row
         self.shape = (n_layers, height)
