@@ -1,12 +1,16 @@
 """`transformer train` on a GPU: a checkpoint written there loads on the CPU with the same
-function, and a `torchrun --nproc_per_node=1` run trains through NCCL and DDP for 20 steps.
-Skipped without CUDA (the `cuda` marker)."""
+function; an update waits for the device only where it must; and a `torchrun
+--nproc_per_node=1` run trains through NCCL and DDP for 20 steps. Skipped without CUDA (the
+`cuda` marker)."""
 
 import json
 import math
 import os
 import subprocess
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ import torch
 
 from tests.helpers.tiny_runs import tiny_run_config, write_corpus
 from transformer.inference.loading import load_trained
+from transformer.training import trainer as trainer_module
 from transformer.training.trainer import train
 
 pytestmark = pytest.mark.cuda
@@ -36,6 +41,49 @@ def test_a_checkpoint_saved_on_the_gpu_loads_on_the_cpu(
         gpu_logits = on_gpu.model(tokens.cuda()).logits.cpu()
     torch.testing.assert_close(gpu_logits, cpu_logits, atol=1e-4, rtol=1e-4)
     assert on_cpu.step == 4
+
+
+@contextmanager
+def counting_waits(into: list[int]) -> Iterator[None]:
+    """Appends how many times the host waited for the device inside the block."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    into.append(sum("synchroniz" in str(w.message) for w in caught))
+
+
+@pytest.mark.parametrize("routed", [False, True], ids=["plain", "token-routed"])
+def test_an_update_waits_for_the_device_once_plus_once_per_routing_step(
+    tmp_path: Path, routed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer's update (micro-batch, backward, the next batch's prefetch, clipping, the
+    finiteness check, AdamW) waits once, to read the loss, the gradient norm and the skip flag;
+    a token-routed decoder's dispatch once more per routing step. The steps that log read the
+    routing figures as well, so only the others are counted; the first update is not
+    (lazy initialisation)."""
+    monkeypatch.setenv("TRANSFORMER_CACHE", str(tmp_path / "cache"))
+    waits: list[int] = []
+    run_class = trainer_module._Run
+    original = run_class._optimizer_step
+
+    def counted(self: trainer_module._Run, with_metrics: bool) -> object:
+        if with_metrics or self.step == 0:
+            return original(self, with_metrics)
+        with counting_waits(waits):
+            return original(self, with_metrics)
+
+    monkeypatch.setattr(run_class, "_optimizer_step", counted)
+    granularity = ["routing.granularity=token"] if routed else []
+    config = tiny_run_config(
+        tmp_path, routed, *granularity, "train.device=cuda", "train.max_steps=6", "train.log_interval=3"
+    )
+    train(config)
+    steps = config.model.n_layers if routed else 0
+    assert waits == [1 + steps] * 3, waits  # updates 2, 4 and 5 (1 is not counted; 3 and 6 log)
 
 
 def test_torchrun_one_process_trains_twenty_steps_through_nccl(tmp_path: Path) -> None:
