@@ -50,6 +50,7 @@ from transformer.model.config import ModelConfig
 from transformer.model.layer import TransformerLayer
 from transformer.routing import stacked
 from transformer.routing.stacked import Batched, StackedWeights
+from transformer.routing.tally import tally
 from transformer.routing.token_cache import TokenStepCache
 
 
@@ -137,10 +138,10 @@ def sorted_dispatch(
     not processed sort last, then drop."""
     lane = torch.where(admitted, choice, n_layers).flatten()
     order = torch.argsort(lane, stable=True)
-    counts = torch.bincount(lane, minlength=n_layers + 1)
+    counts = tally(lane, n_layers + 1)
     sizes = counts.tolist()  # the step's one host sync: the groups' sizes shape what runs next
-    if len(sizes) > n_layers + 1:
-        raise IndexError(f"a token was admitted to layer {len(sizes) - 1}; the pool has {n_layers}")
+    if sum(sizes) != len(lane):
+        raise IndexError(f"a token was admitted to a layer outside the pool of {n_layers}")
     return order[: sum(sizes[:n_layers])], sizes[:n_layers], counts[:n_layers]
 
 

@@ -21,12 +21,14 @@ import torch.distributed as dist
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from transformer.routing.tally import tally
+
 
 def count_choices(
     choices: Int[Tensor, "batch steps"], pool_size: int, all_ranks: bool
 ) -> Float[Tensor, "steps n_pool"]:
     """How many sequences each step sent to each layer; summed over ranks when asked."""
-    counts = torch.stack([torch.bincount(step_choices, minlength=pool_size) for step_choices in choices.T]).float()
+    counts = tally(choices, pool_size).float()
     if all_ranks and dist.is_available() and dist.is_initialized():
         dist.all_reduce(counts)
     return counts

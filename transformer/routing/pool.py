@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from transformer.model.config import ModelConfig
 from transformer.model.kv_cache import LayerCache
 from transformer.model.layer import TransformerLayer
+from transformer.routing.tally import tally
 
 
 class ZeroGradients(torch.autograd.Function):
@@ -66,9 +67,10 @@ class LayerPool(nn.Module):
         zero gradients here."""
         pool_size = len(self.layers)
         order = torch.argsort(choice, stable=True)
-        group_sizes = torch.bincount(choice, minlength=pool_size).tolist()  # one host sync per step
-        if len(group_sizes) > pool_size:
-            raise IndexError(f"route names layer {int(choice.max())}; the pool has {pool_size}")
+        group_sizes = tally(choice, pool_size).tolist()  # one host sync per step
+        if sum(group_sizes) != len(choice):
+            outside = sorted({int(c) for c in choice.tolist() if not 0 <= c < pool_size})
+            raise IndexError(f"route names layer {outside[0]}; the pool has {pool_size}")
         used = [index for index, size in enumerate(group_sizes) if size]
         if len(used) == 1:  # one layer for all (fixed order, warm start): nothing to sort
             out: Tensor = self.layers[used[0]](resid, key_padding_mask, cache)

@@ -61,6 +61,7 @@ from transformer.routing.decoder import NotRoutedError, RoutingInfo
 from transformer.routing.dispatch import TokenPool
 from transformer.routing.gate import choice_score, gate
 from transformer.routing.routed_base import RoutedBase
+from transformer.routing.tally import tally
 from transformer.routing.token_cache import TokenKVCache, TokenStepCache
 from transformer.routing.token_router import TokenRouter
 
@@ -367,13 +368,11 @@ class TokenRoutedDecoder(RoutedBase):
     def _count(
         self, choices: Int[Tensor, "batch pos steps"], processed: Bool[Tensor, "batch pos steps"]
     ) -> Float[Tensor, "2 steps n_entries"]:
-        """Tokens choosing each entry and tokens each layer processed, per step: one bincount
-        each, summed over ranks in training (one all-reduce)."""
-        steps, entries = self.n_steps, self.routing.n_entries
-        index = (choices + entries * torch.arange(steps, device=choices.device)).flatten()
-        chosen = torch.bincount(index, minlength=steps * entries).float()
-        applied = torch.bincount(index, weights=processed.flatten().float(), minlength=steps * entries)
-        counts = torch.stack([chosen, applied]).view(2, steps, entries)
+        """Tokens choosing each entry and tokens each layer processed, per step (`tally`: no
+        wait for a GPU), summed over ranks in training (one all-reduce)."""
+        entries = self.routing.n_entries
+        rows, taken = choices.flatten(0, 1), processed.flatten(0, 1)
+        counts = torch.stack([tally(rows, entries), tally(rows, entries, where=taken)]).float()
         if self.training and dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts)
         return counts
