@@ -293,7 +293,7 @@ class _Run:
         try:
             while self.step < last:
                 started = time.perf_counter()
-                logs = (self.step + 1) % settings.log_interval == 0 or self.step + 1 == last
+                logs = (self.step + 1) % settings.log_interval == 0 or self.step + 1 == last  # this update
                 record = self._optimizer_step(with_metrics=logs)
                 if record is None:
                     bad_in_a_row += 1
@@ -309,7 +309,7 @@ class _Run:
                 elapsed = time.perf_counter() - started
                 progress.update(1)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{self.tokens_per_step / elapsed:,.0f}")
-                if self.step % settings.log_interval == 0 or self.step == last:
+                if logs:
                     self._log_train(record, elapsed)
                 evaluation = self._maybe_evaluate(last)
                 self._maybe_checkpoint(last, evaluation)
